@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Debian packages the platform and its tests use: Chromium (dashboard e2e), kcat (a plain
+# Kafka client for checks). Java, Maven and Go come with the machine; see README.
+set -euo pipefail
+need=()
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v kcat >/dev/null 2>&1 || need+=(kcat)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing Debian packages: ${need[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${need[@]}" >/dev/null
+fi
+for tool in java mvn go; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "missing $tool: install a JDK 17+, Maven and Go (see README prerequisites)" >&2; exit 1; }
+done

@@ -1,0 +1,300 @@
+"""Settings: one frozen object per process, read from ``TICKCAST_*`` environment variables.
+
+Build it once in ``main()`` with :func:`load_settings` and pass it down; nothing in tickcast
+reads the environment anywhere else. Nested groups use ``__`` as the delimiter, e.g.
+``TICKCAST_KAFKA__BOOTSTRAP_SERVERS``. Every field's description is the documentation:
+``tickcast config docs`` renders the README's configuration reference from it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tickcast.errors import ConfigError
+
+ENV_PREFIX = "TICKCAST_"
+ENV_DELIMITER = "__"
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(BaseModel):
+    """How to reach Kafka and which topics to use."""
+
+    model_config = _FROZEN
+
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Comma-separated host:port list of Kafka brokers.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security protocol (SASL_SSL for MSK with SASL/SCRAM or IAM)."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = Field(
+        None, description="SASL mechanism when security_protocol uses SASL."
+    )
+    sasl_username: str | None = Field(None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (secret).")
+    ssl_cafile: str | None = Field(None, description="CA bundle to verify the brokers' TLS certificates.")
+    topic_bars: str = Field("bars", description="Topic of validated bars, keyed by ticker.")
+    topic_forecasts: str = Field("forecasts", description="Topic of published forecasts, keyed by ticker.")
+    topic_dlq: str = Field("bars.dlq", description="Dead-letter topic for records that failed validation.")
+    topic_open_close: str = Field("open_close", description="Topic of daily open/close summaries.")
+    partitions: int = Field(6, ge=1, description="Partitions for topics tickcast creates.")
+    replication_factor: int = Field(1, ge=1, description="Replication factor for topics tickcast creates.")
+    retention_hours: int = Field(168, ge=1, description="Retention of topics tickcast creates, in hours.")
+    request_timeout_s: float = Field(10.0, gt=0, description="How long to wait for the broker before failing.")
+
+
+class LakeSettings(BaseModel):
+    """Where the lake lives: one root URL, ``file://`` or ``s3://``."""
+
+    model_config = _FROZEN
+
+    url: str = Field(
+        "file://.tickcast/lake",
+        description="Lake root URL: file://PATH (relative paths are under the working directory) "
+        "or s3://BUCKET/PREFIX.",
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="S3 endpoint override for MinIO or other S3-compatible stores (http://host:port)."
+    )
+    s3_region: str = Field("us-east-1", description="S3 region.")
+    s3_access_key_id: SecretStr | None = Field(
+        None, description="S3 access key id; unset means the standard AWS credential chain (IRSA on EKS)."
+    )
+    s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret access key (secret).")
+    s3_timeout_s: float = Field(10.0, gt=0, description="Connect and request timeout for S3 calls, in seconds.")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parsed = urlparse(value)
+        if parsed.scheme not in ("file", "s3"):
+            raise ValueError(f"scheme {parsed.scheme or '(none)'!r} is not supported; use file:// or s3://")
+        if parsed.scheme == "s3" and not parsed.netloc:
+            raise ValueError("an s3:// URL needs a bucket, e.g. s3://my-lake/tickcast")
+        if parsed.scheme == "file" and not (parsed.netloc or parsed.path):
+            raise ValueError("a file:// URL needs a path, e.g. file://.tickcast/lake")
+        return value
+
+
+class InfraSettings(BaseModel):
+    """The local infrastructure ``tickcast infra up`` runs: Kafka (KRaft) and MinIO."""
+
+    model_config = _FROZEN
+
+    state_dir: Path = Field(Path(".tickcast"), description="Folder for all local state: data, logs, pid files.")
+    cache_dir: Path = Field(
+        Path("~/.cache/tickcast").expanduser(),
+        description="Folder for downloaded jars and built binaries, shared between checkouts.",
+    )
+    kafka_port: int = Field(9092, ge=1, le=65535, description="Port of the local Kafka broker.")
+    kafka_controller_port: int = Field(9093, ge=1, le=65535, description="Port of the local KRaft controller.")
+    kafka_heap: str = Field("512m", description="JVM heap of the local broker (-Xmx).")
+    minio_enabled: bool = Field(True, description="Whether `tickcast infra up` starts MinIO.")
+    minio_port: int = Field(9000, ge=1, le=65535, description="S3 API port of the local MinIO.")
+    minio_console_port: int = Field(9001, ge=1, le=65535, description="Console port of the local MinIO.")
+    minio_root_user: str = Field("tickcast", description="Root user of the local MinIO.")
+    minio_root_password: SecretStr = Field(
+        SecretStr("tickcast-local-only"), description="Root password of the local MinIO (secret; local use only)."
+    )
+    start_timeout_s: float = Field(90.0, gt=0, description="How long to wait for a local service to become healthy.")
+
+
+class PolygonSettings(BaseModel):
+    """Polygon / Massive market data."""
+
+    model_config = _FROZEN
+
+    api_key: SecretStr | None = Field(None, description="Polygon/Massive API key (secret). Never logged.")
+    rest_base_url: str = Field("https://api.polygon.io", description="Base URL of the REST API.")
+    ws_url: str = Field("wss://socket.polygon.io/stocks", description="URL of the stocks WebSocket feed.")
+    requests_per_minute: float = Field(5.0, gt=0, description="REST request budget: 5 for the free tier.")
+    max_retries: int = Field(8, ge=0, description="Retries for 429 and 5xx answers before giving up.")
+    backoff_max_s: float = Field(60.0, gt=0, description="Upper bound of one retry back-off, in seconds.")
+
+
+class ServingSettings(BaseModel):
+    """The Ray Serve forecasting app."""
+
+    model_config = _FROZEN
+
+    host: str = Field("127.0.0.1", description="Host the Serve HTTP proxy binds.")
+    port: int = Field(8000, ge=1, le=65535, description="Port of the Serve HTTP endpoint.")
+    url: str = Field("http://127.0.0.1:8000", description="URL clients (forecaster, dashboard) use to reach Serve.")
+    model: str = Field(
+        "auto",
+        description="Model to serve: a hub id, a local directory, an s3:// prefix, a registry entry "
+        "NAME/VERSION, or auto (configured, then hub, then the bundled model).",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Inference device; auto picks CUDA when present."
+    )
+    num_replicas: int | Literal["auto"] = Field(1, description="Serve replicas, or auto for autoscaling.")
+    min_replicas: int = Field(1, ge=0, description="Autoscaling lower bound.")
+    max_replicas: int = Field(4, ge=1, description="Autoscaling upper bound.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica (fractions allowed).")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per replica.")
+    max_batch_size: int = Field(64, ge=1, description="Largest dynamic batch, in series.")
+    batch_wait_timeout_s: float = Field(0.005, ge=0, description="How long a batch waits to fill, in seconds.")
+    max_series_length: int = Field(8192, ge=1, description="Longest accepted context per series.")
+    max_series_per_request: int = Field(1024, ge=1, description="Most series one request may carry.")
+    max_body_bytes: int = Field(8_000_000, ge=1024, description="Largest accepted request body, in bytes.")
+    auth_token: SecretStr | None = Field(None, description="Bearer token required by the API when set (secret).")
+    torch_threads: int = Field(0, ge=0, description="Torch intra-op threads per replica; 0 leaves torch's default.")
+
+
+class ForecasterSettings(BaseModel):
+    """The streaming forecaster service."""
+
+    model_config = _FROZEN
+
+    group_id: str = Field("tickcast-forecaster", description="Consumer group of the forecaster.")
+    context_length: int = Field(512, ge=8, description="Bars of context kept per ticker.")
+    horizon: int = Field(8, ge=1, description="Forecast horizon, in bars.")
+    quantiles: tuple[float, ...] = Field(
+        (0.1, 0.5, 0.9), description="Quantile levels to forecast (JSON list in the environment)."
+    )
+    target: str = Field("close", description="Bar field to forecast.")
+    micro_batch_max: int = Field(256, ge=1, description="Most tickers forecast in one request.")
+    micro_batch_wait_s: float = Field(0.05, ge=0, description="How long to gather updated tickers, in seconds.")
+    metrics_port: int = Field(9310, ge=0, le=65535, description="Prometheus metrics port (0 disables).")
+
+
+class ConsumerSettings(BaseModel):
+    """The Kafka-to-lake sink."""
+
+    model_config = _FROZEN
+
+    group_id: str = Field("tickcast-sink", description="Consumer group of the sink.")
+    flush_records: int = Field(50_000, ge=1, description="Close a file after this many records.")
+    flush_bytes: int = Field(64_000_000, ge=1024, description="Close a file after this many input bytes.")
+    flush_interval_s: float = Field(30.0, gt=0, description="Close files at least this often, in seconds.")
+    store_outage_limit_s: float = Field(
+        300.0, gt=0, description="Stop with an error when the store stays down this long, in seconds."
+    )
+    metrics_port: int = Field(9320, ge=0, le=65535, description="Prometheus metrics port (0 disables).")
+
+
+class ProducerSettings(BaseModel):
+    """The bar producer."""
+
+    model_config = _FROZEN
+
+    source: Literal["replay", "synthetic", "polygon-rest", "polygon-ws"] = Field(
+        "replay", description="Where bars come from."
+    )
+    tickers: tuple[str, ...] = Field((), description="Tickers to produce (JSON list); empty means all the source has.")
+    linger_ms: int = Field(20, ge=0, description="Kafka producer linger, in milliseconds.")
+    batch_size: int = Field(262_144, ge=1024, description="Kafka producer batch size, in bytes.")
+    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
+        "lz4", description="Kafka producer compression."
+    )
+    metrics_port: int = Field(9300, ge=0, le=65535, description="Prometheus metrics port (0 disables).")
+
+
+class DashboardSettings(BaseModel):
+    """The Streamlit dashboard."""
+
+    model_config = _FROZEN
+
+    host: str = Field("127.0.0.1", description="Address Streamlit binds.")
+    port: int = Field(8501, ge=1, le=65535, description="Port of the dashboard.")
+    refresh_s: float = Field(5.0, gt=0, description="Auto-refresh period of the live page, in seconds.")
+
+
+class Settings(BaseSettings):
+    """All of tickcast's settings. Build it with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_DELIMITER,
+        frozen=True,
+        extra="ignore",
+        case_sensitive=False,
+    )
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level of every service.")
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings, description="Kafka.")  # type: ignore[arg-type]
+    lake: LakeSettings = Field(default_factory=LakeSettings, description="The lake.")  # type: ignore[arg-type]
+    infra: InfraSettings = Field(default_factory=InfraSettings, description="Local infrastructure.")  # type: ignore[arg-type]
+    polygon: PolygonSettings = Field(default_factory=PolygonSettings, description="Polygon/Massive.")  # type: ignore[arg-type]
+    producer: ProducerSettings = Field(default_factory=ProducerSettings, description="Producer.")  # type: ignore[arg-type]
+    consumer: ConsumerSettings = Field(default_factory=ConsumerSettings, description="Consumer.")  # type: ignore[arg-type]
+    serving: ServingSettings = Field(default_factory=ServingSettings, description="Serving.")  # type: ignore[arg-type]
+    forecaster: ForecasterSettings = Field(default_factory=ForecasterSettings, description="Forecaster.")  # type: ignore[arg-type]
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings, description="Dashboard.")  # type: ignore[arg-type]
+
+
+GROUPS: dict[str, type[BaseModel]] = {
+    "kafka": KafkaSettings,
+    "lake": LakeSettings,
+    "infra": InfraSettings,
+    "polygon": PolygonSettings,
+    "producer": ProducerSettings,
+    "consumer": ConsumerSettings,
+    "serving": ServingSettings,
+    "forecaster": ForecasterSettings,
+    "dashboard": DashboardSettings,
+}
+
+
+def env_name(group: str | None, field: str) -> str:
+    """The environment variable of a setting, e.g. ``TICKCAST_KAFKA__BOOTSTRAP_SERVERS``."""
+    return f"{ENV_PREFIX}{group.upper()}{ENV_DELIMITER}{field.upper()}" if group else f"{ENV_PREFIX}{field.upper()}"
+
+
+def all_env_names() -> list[str]:
+    """Every setting's environment variable, in documentation order."""
+    names = [env_name(None, name) for name in Settings.model_fields if name not in GROUPS]
+    for group, model in GROUPS.items():
+        names.extend(env_name(group, field) for field in model.model_fields)
+    return names
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the process's settings from the environment, plus explicit overrides.
+
+    Raises:
+        ConfigError: naming the first bad setting by its environment variable.
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        loc = [str(part) for part in error["loc"]]
+        group = loc[0] if len(loc) > 1 and loc[0] in GROUPS else None
+        field = loc[1] if group else (loc[0] if loc else "?")
+        name = env_name(group, field)
+        raise ConfigError(name, str(error["msg"]).removeprefix("Value error, ")) from None
+
+
+def _default_text(field: Any) -> str:
+    if field.default_factory is not None:
+        return ""
+    value = field.default
+    if isinstance(value, SecretStr):
+        return "(secret)"
+    if value is None:
+        return "unset"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(str(v) for v in value) + "]" if value else "[]"
+    return str(value)
+
+
+def reference_markdown() -> str:
+    """The configuration reference as a Markdown table, one row a setting."""
+    rows = ["| variable | default | description |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        if name not in GROUPS:
+            rows.append(f"| `{env_name(None, name)}` | `{_default_text(field)}` | {field.description} |")
+    for group, model in GROUPS.items():
+        for name, field in model.model_fields.items():
+            default = _default_text(field)
+            if group == "infra" and name == "cache_dir":
+                default = "~/.cache/tickcast"
+            rows.append(f"| `{env_name(group, name)}` | `{default}` | {field.description} |")
+    return "\n".join(rows)
