@@ -407,3 +407,140 @@ def table_to_bars(table: pa.Table, ticker: str, interval: str) -> list[Bar]:
 def day_range(start: date, end: date) -> list[date]:
     """Every calendar day from ``start`` to ``end`` inclusive."""
     return [start + timedelta(days=i) for i in range((end - start).days + 1)]
+
+
+# -- forecasts and scores -----------------------------------------------------------------
+#: One row per forecast step. ``p10``/``p50``/``p90`` are the 80% band and median when the
+#: forecast has those levels (null otherwise); every level is in the two list columns.
+FORECAST_FILE_SCHEMA = pa.schema(
+    [
+        ("forecast_id", pa.string()),
+        ("model_id", pa.string()),
+        ("model_version", pa.string()),
+        ("target", pa.string()),
+        ("issued_at", pa.timestamp("us", tz="UTC")),
+        ("last_bar_start", pa.timestamp("us", tz="UTC")),
+        ("bar_event_time", pa.timestamp("us", tz="UTC")),
+        ("horizon", pa.int32()),
+        ("step", pa.int32()),
+        ("step_start", pa.timestamp("us", tz="UTC")),
+        ("mean", pa.float64()),
+        ("p10", pa.float64()),
+        ("p50", pa.float64()),
+        ("p90", pa.float64()),
+        ("quantile_levels", pa.list_(pa.float64())),
+        ("quantile_values", pa.list_(pa.float64())),
+    ]
+)
+
+SCORE_FILE_SCHEMA = pa.schema(
+    [
+        ("forecast_id", pa.string()),
+        ("model_id", pa.string()),
+        ("model_version", pa.string()),
+        ("target", pa.string()),
+        ("step", pa.int32()),
+        ("target_start", pa.timestamp("us", tz="UTC")),
+        ("issued_at", pa.timestamp("us", tz="UTC")),
+        ("actual", pa.float64()),
+        ("median", pa.float64()),
+        ("mean", pa.float64()),
+        ("abs_error", pa.float64()),
+        ("quantile_loss", pa.float64()),
+        ("lower_80", pa.float64()),
+        ("upper_80", pa.float64()),
+        ("covered_80", pa.bool_()),
+        ("naive_abs_error", pa.float64()),
+    ]
+)
+
+
+def forecasts_to_table(forecasts: Sequence[Any]) -> pa.Table:
+    """Forecasts as one row per step, with partition columns interval, ticker and date."""
+    rows: dict[str, list[Any]] = {name: [] for name in FORECAST_FILE_SCHEMA.names}
+    parts: dict[str, list[Any]] = {"interval": [], "ticker": [], "date": []}
+    for f in forecasts:
+        levels = sorted(f.quantiles, key=float)
+        starts = f.step_starts()
+        for i in range(f.horizon):
+            rows["forecast_id"].append(f.id)
+            rows["model_id"].append(f.model_id)
+            rows["model_version"].append(f.model_version)
+            rows["target"].append(f.target)
+            rows["issued_at"].append(f.issued_at)
+            rows["last_bar_start"].append(f.last_bar_start)
+            rows["bar_event_time"].append(f.bar_event_time)
+            rows["horizon"].append(f.horizon)
+            rows["step"].append(i + 1)
+            rows["step_start"].append(starts[i])
+            rows["mean"].append(f.mean[i])
+            by_level = {float(k): f.quantiles[k][i] for k in levels}
+            rows["p10"].append(by_level.get(0.1))
+            rows["p50"].append(by_level.get(0.5))
+            rows["p90"].append(by_level.get(0.9))
+            rows["quantile_levels"].append([float(k) for k in levels])
+            rows["quantile_values"].append([f.quantiles[k][i] for k in levels])
+            parts["interval"].append(f.interval)
+            parts["ticker"].append(f.ticker)
+            parts["date"].append(f.last_bar_start.astimezone(UTC).date().isoformat())
+    table = pa.Table.from_pydict(rows, schema=FORECAST_FILE_SCHEMA)
+    for name, values in parts.items():
+        table = table.append_column(name, pa.array(values, pa.string()))
+    return table
+
+
+def scores_to_table(scores: Sequence[Any]) -> pa.Table:
+    """Scores as rows, with partition columns interval, ticker and date (of the target bar)."""
+    rows: dict[str, list[Any]] = {name: [] for name in SCORE_FILE_SCHEMA.names}
+    parts: dict[str, list[Any]] = {"interval": [], "ticker": [], "date": []}
+    for s in scores:
+        data = s.to_dict()
+        for name in SCORE_FILE_SCHEMA.names:
+            rows[name].append(data[name])
+        parts["interval"].append(s.interval)
+        parts["ticker"].append(s.ticker)
+        parts["date"].append(s.target_start.astimezone(UTC).date().isoformat())
+    table = pa.Table.from_pydict(rows, schema=SCORE_FILE_SCHEMA)
+    for name, values in parts.items():
+        table = table.append_column(name, pa.array(values, pa.string()))
+    return table
+
+
+def _read_ticker_table(
+    lake: Lake,
+    table_name: str,
+    time_column: str,
+    ticker: str,
+    interval: str,
+    start: datetime | None,
+    end: datetime | None,
+) -> pa.Table | None:
+    prefix = f"{table_name}/interval={interval}/ticker={ticker}"
+    expr: ds.Expression | None = None
+    if start is not None:
+        # forecasts are partitioned by their last bar's date, which is before their steps
+        expr = ds.field(time_column) >= pa.scalar(start.astimezone(UTC))
+    if end is not None:
+        cond = ds.field(time_column) < pa.scalar(end.astimezone(UTC))
+        expr = cond if expr is None else expr & cond
+    return lake.read_table(prefix, ("date",), filter=expr)
+
+
+def read_forecasts(
+    lake: Lake, ticker: str, interval: str = "minute", start: datetime | None = None, end: datetime | None = None
+) -> pa.Table:
+    """Forecast rows of one ticker whose last bar is in ``[start, end)``, sorted by last bar and step."""
+    table = _read_ticker_table(lake, "forecasts", "last_bar_start", ticker, interval, start, end)
+    if table is None:
+        return FORECAST_FILE_SCHEMA.empty_table()
+    return table.sort_by([("last_bar_start", "ascending"), ("step", "ascending")])
+
+
+def read_scores(
+    lake: Lake, ticker: str, interval: str = "minute", start: datetime | None = None, end: datetime | None = None
+) -> pa.Table:
+    """Score rows of one ticker whose target bar is in ``[start, end)``, sorted by target time."""
+    table = _read_ticker_table(lake, "scores", "target_start", ticker, interval, start, end)
+    if table is None:
+        return SCORE_FILE_SCHEMA.empty_table()
+    return table.sort_by([("target_start", "ascending"), ("step", "ascending")])

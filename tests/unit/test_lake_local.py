@@ -91,3 +91,32 @@ def test_missing_s3_credentials_name_the_setting(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     with pytest.raises(ConfigError, match="TICKCAST_LAKE__S3_ACCESS_KEY_ID"):
         Lake(LakeSettings(url="s3://bucket/prefix", s3_endpoint_url="http://127.0.0.1:1"))
+
+
+def test_forecast_and_score_tables_round_trip(tmp_path: Path) -> None:
+    from tickcast.contracts import Forecast, Score
+    from tickcast.lake import forecasts_to_table, read_forecasts, read_scores, scores_to_table
+
+    lake = Lake(LakeSettings(url=f"file://{tmp_path}"))
+    f = Forecast(
+        ticker="AAPL",
+        interval="minute",
+        model_id="m",
+        model_version="1",
+        issued_at=T0,
+        last_bar_start=T0,
+        horizon=2,
+        target="close",
+        mean=[1.0, 2.0],
+        quantiles={"0.1": [0.5, 1.0], "0.5": [1.0, 2.0], "0.9": [1.5, 3.0]},
+    )
+    lake.write_partitioned("forecasts", forecasts_to_table([f]), ("interval", "ticker", "date"), "f.parquet")
+    rows = read_forecasts(lake, "AAPL").to_pylist()
+    assert [(r["step"], r["p10"], r["p90"], r["quantile_values"]) for r in rows] == [
+        (1, 0.5, 1.5, [0.5, 1.0, 1.5]),
+        (2, 1.0, 3.0, [1.0, 2.0, 3.0]),
+    ]
+    s = Score.compute(f, 1, actual=1.2, last_actual=1.0)
+    lake.write_partitioned("scores", scores_to_table([s]), ("interval", "ticker", "date"), "s.parquet")
+    (row,) = read_scores(lake, "AAPL").to_pylist()
+    assert row["forecast_id"] == f.id and row["covered_80"] is True
