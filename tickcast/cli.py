@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "producer.cli",
     "consumer.cli",
     "serving.cli",
+    "serving.streaming.cli",
     "dashboard.cli",
 )
 
@@ -34,6 +35,8 @@ Handler = Callable[[Settings, argparse.Namespace], int | None]
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every available sub-command."""
     parser = argparse.ArgumentParser(prog="tickcast", description="Near-real-time forecasting of market bars.")
+    # Identifies a process started by `tickcast up` (its pid file records this marker).
+    parser.add_argument("--instance", help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:

@@ -1,0 +1,232 @@
+"""The whole platform on one machine: ``tickcast up``, ``tickcast down``, ``tickcast status``.
+
+``up`` starts, in order and each only once healthy: the infrastructure (Kafka; MinIO only
+when the lake is on a local S3 endpoint), Ray Serve with the resolved model, the consumer,
+the streaming forecaster, the producer and the dashboard. Each runs as its own detached
+process group with a pid file and a log under the state folder, so ``tickcast down`` from
+another terminal stops exactly what ``up`` started, and nothing is left behind.
+
+Restarts resume rather than repeat: Kafka keeps its log and the consumer groups their
+offsets under the state folder, the lake keeps what was written, and the replay producer
+checkpoints its position, so a second ``up`` continues where the first stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tickcast.errors import InfraError
+from tickcast.infra import process
+from tickcast.infra.base import HOST, LocalService, Port, Progress, ServiceStatus, inherited_env
+from tickcast.infra.manager import InfraManager
+from tickcast.settings import Settings
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def http_ok(url: str, timeout_s: float = 2.0) -> bool:
+    """Whether ``url`` answers 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+@dataclass(frozen=True)
+class AppSpec:
+    """One tickcast service of the platform: how to run it and how to probe it."""
+
+    name: str
+    args: tuple[str, ...]
+    port: int
+    port_setting: str  # the environment variable that moves the port
+    health_path: str
+    start_timeout_s: float = 120.0
+    grace_s: float = 20.0
+
+
+class AppService(LocalService):
+    """A tickcast service (``tickcast <command>``) run as a detached process."""
+
+    def __init__(self, settings: Settings, spec: AppSpec, progress: Progress | None = None) -> None:
+        self.name = spec.name
+        super().__init__(settings.infra, progress)
+        self.spec = spec
+
+    @property
+    def ports(self) -> list[Port]:
+        return [Port(self.spec.port, self.spec.port_setting)]
+
+    def is_installed(self) -> bool:
+        return True
+
+    def install(self) -> None:
+        return None
+
+    def prepare(self) -> None:
+        return None
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        # --instance carries the marker that identifies this process in `ps` and pid checks.
+        argv = [sys.executable, "-m", "tickcast", "--instance", self.marker, *self.spec.args]
+        return argv, inherited_env({})
+
+    def probe(self, timeout_s: float = 2.0) -> bool:
+        return http_ok(f"http://{HOST}:{self.spec.port}{self.spec.health_path}", timeout_s)
+
+    @property
+    def stop_grace_s(self) -> float:
+        return self.spec.grace_s
+
+    def _port_conflict(self, port: Port, what: str) -> InfraError:
+        return InfraError(
+            f"port {port.port} on {HOST} is taken by {what}, so {self.name} cannot start",
+            f"stop whatever listens there, or choose a free port with {port.setting}",
+        )
+
+    def start(self) -> str:  # type: ignore[override]
+        # App services wait for their own, longer start timeout (Ray takes a while on 2 cores).
+        original = self.infra
+        self.infra = original.model_copy(
+            update={"start_timeout_s": max(original.start_timeout_s, self.spec.start_timeout_s)}
+        )
+        try:
+            return super().start()
+        finally:
+            self.infra = original
+
+
+def producer_args(settings: Settings) -> tuple[str, ...]:
+    """The producer of the offline platform: Polygon live when a key is set, else the sample replay."""
+    if settings.polygon.api_key is not None and settings.producer.source.startswith("polygon"):
+        return ("produce", "--source", settings.producer.source)
+    return ("produce", "--source", "replay", "--sample", "--speed", "platform", "--resume")
+
+
+def app_specs(settings: Settings) -> list[AppSpec]:
+    """The platform's services in start order."""
+    return [
+        AppSpec("serve", ("serve",), settings.serving.port, "TICKCAST_SERVING__PORT", "/healthz", 240.0, 30.0),
+        AppSpec(
+            "consumer", ("consume",), settings.consumer.metrics_port, "TICKCAST_CONSUMER__METRICS_PORT", "/healthz"
+        ),
+        AppSpec(
+            "forecaster",
+            ("forecaster",),
+            settings.forecaster.metrics_port,
+            "TICKCAST_FORECASTER__METRICS_PORT",
+            "/healthz",
+        ),
+        AppSpec(
+            "producer",
+            producer_args(settings),
+            settings.producer.metrics_port,
+            "TICKCAST_PRODUCER__METRICS_PORT",
+            "/healthz",
+        ),
+        AppSpec(
+            "dashboard", ("dashboard",), settings.dashboard.port, "TICKCAST_DASHBOARD__PORT", "/_stcore/health", 90.0
+        ),
+    ]
+
+
+def infra_settings_for_platform(settings: Settings) -> Settings:
+    """The platform needs MinIO only when the lake is on a local S3 endpoint."""
+    local_s3 = settings.lake.url.startswith("s3://") and (settings.lake.s3_endpoint_url or "").startswith(
+        ("http://127.0.0.1", "http://localhost")
+    )
+    return settings.model_copy(update={"infra": settings.infra.model_copy(update={"minio_enabled": local_s3})})
+
+
+class Platform:
+    """Start, stop and report the whole local platform."""
+
+    def __init__(self, settings: Settings, progress: Progress | None = None) -> None:
+        self.settings = infra_settings_for_platform(settings)
+        self.progress: Progress = progress or log.info
+        self.infra = InfraManager(self.settings, self.progress)
+        self.apps = {spec.name: AppService(self.settings, spec, self.progress) for spec in app_specs(self.settings)}
+
+    def up(self, only: Sequence[str] | None = None) -> list[ServiceStatus]:
+        """Start everything (idempotent), each step once the previous is healthy."""
+        from tickcast.kafka import ensure_topics
+
+        names = [n for n in self.apps if not only or n in only]
+        total = len(names) + 1
+        started = time.monotonic()
+        self.progress(f"[1/{total}] infrastructure (state in {self.infra.state_dir})")
+        self.infra.up()
+        ensure_topics(self.settings.kafka)
+        for i, name in enumerate(names, start=2):
+            self.progress(f"[{i}/{total}] {name}")
+            self.apps[name].start()
+        self.progress(f"platform up in {time.monotonic() - started:.0f} s")
+        return self.status()
+
+    def down(self) -> list[ServiceStatus]:
+        """Stop the services in reverse start order, then the infrastructure."""
+        for name in reversed(list(self.apps)):
+            self.apps[name].stop()
+        self.infra.down()
+        return self.status()
+
+    def status(self) -> list[ServiceStatus]:
+        """Every service's state, infrastructure first."""
+        return self.infra.status() + [app.status() for app in self.apps.values()]
+
+    def urls(self) -> dict[str, str]:
+        """Where a person looks."""
+        s = self.settings
+        return {
+            "dashboard": f"http://{s.dashboard.host}:{s.dashboard.port}",
+            "forecast API": f"{s.serving.url}/docs",
+            "kafka": s.kafka.bootstrap_servers,
+            "lake": s.lake.url,
+            "metrics": ", ".join(
+                f"http://{HOST}:{p}/metrics"
+                for p in (s.producer.metrics_port, s.consumer.metrics_port, s.forecaster.metrics_port)
+            ),
+            "logs": str(Path(self.infra.state_dir) / "logs"),
+        }
+
+    def watch(self, stop: Callable[[], bool], interval_s: float = 5.0) -> ServiceStatus | None:
+        """Block until ``stop()`` is true or a managed service dies; returns the dead one."""
+        while not stop():
+            for app in self.apps.values():
+                if app.pid() is None and not app.probe():
+                    return app.status()
+            time.sleep(interval_s)
+        return None
+
+
+def render_status(statuses: Sequence[ServiceStatus]) -> str:
+    """A small table for people."""
+    rows = [f"{'service':<11} {'health':<9} {'pid':>7}  address", "-" * 60]
+    for s in statuses:
+        if not s.enabled and not s.running:
+            health = "disabled"
+        else:
+            health = "healthy" if s.healthy else ("starting" if s.running else "down")
+        rows.append(f"{s.name:<11} {health:<9} {s.pid or '-':>7}  {s.address}")
+    return "\n".join(rows)
+
+
+def status_json(statuses: Sequence[ServiceStatus]) -> str:
+    """Machine-readable status."""
+    return json.dumps([s.to_dict() for s in statuses], indent=2)
+
+
+def log_tail(status: ServiceStatus, lines: int = 15) -> str:
+    """The end of a service's log."""
+    return process.log_tail(Path(status.log_path), lines)
