@@ -1,0 +1,236 @@
+"""Run the Pulumi program offline under ``pulumi.runtime.set_mocks`` and record every resource.
+
+Each stack config (Pulumi.dev.yaml, Pulumi.prod.yaml, plus variants) runs the real program
+once per session; the mocks answer with plausible ARNs, IDs, URLs and bootstrap brokers and
+keep each resource's inputs, so tests assert on exactly what would be sent to AWS and Kubernetes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pytest
+import yaml
+
+PULUMI_DIR = Path(__file__).resolve().parents[1]
+if str(PULUMI_DIR) not in sys.path:
+    sys.path.insert(0, str(PULUMI_DIR))
+
+ACCOUNT = "123456789012"
+REGION_FALLBACK = "us-east-1"
+POLYGON_TEST_KEY = "pk-test-not-a-real-key"
+OIDC_ID = "EXAMPLED539D4633E53DE1B71EXAMPLE"
+
+
+@dataclass
+class Recorded:
+    """One resource the program registered (or read): its type token, name, inputs and outputs."""
+
+    type: str
+    name: str
+    inputs: dict[str, Any]
+    outputs: dict[str, Any]
+    custom: bool
+    read: bool
+
+
+class RecordingMocks(pulumi.runtime.Mocks):
+    """Mocks that answer like AWS would, in shape, and record what the program asked for."""
+
+    def __init__(self, region: str) -> None:
+        self.region = region
+        self.resources: list[Recorded] = []
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def _arn(self, service: str, resource: str, region: bool = True) -> str:
+        return f"arn:aws:{service}:{self.region if region else ''}:{ACCOUNT}:{resource}"
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
+        inputs = dict(args.inputs)
+        outputs: dict[str, Any] = dict(inputs)
+        typ, name = args.typ, args.name
+        physical = inputs.get("name") or name
+        if typ == "aws:s3/bucket:Bucket":
+            bucket = f"{inputs.get('bucketPrefix', name)}20250101abcdef"
+            outputs.update(bucket=bucket, arn=f"arn:aws:s3:::{bucket}", id=bucket)
+            physical = bucket
+        elif typ == "aws:kms/key:Key":
+            outputs.update(arn=self._arn("kms", f"key/{name}-0000"), keyId=f"{name}-0000")
+        elif typ == "aws:iam/role:Role":
+            outputs.update(arn=f"arn:aws:iam::{ACCOUNT}:role/{physical}", name=physical)
+        elif typ in ("aws:msk/cluster:Cluster", "aws:msk/serverlessCluster:ServerlessCluster"):
+            cluster = inputs["clusterName"]
+            outputs.update(
+                arn=self._arn("kafka", f"cluster/{cluster}/5f3c1a2b-uuid-1"),
+                bootstrapBrokersSaslIam=",".join(
+                    f"b-{i}.{cluster}.abc123.c2.kafka.{self.region}.amazonaws.com:9098" for i in (1, 2, 3)
+                ),
+            )
+        elif typ == "aws:msk/configuration:Configuration":
+            outputs.update(arn=self._arn("kafka", f"configuration/{physical}/uuid-2"), latestRevision=1)
+        elif typ == "aws:secretsmanager/secret:Secret":
+            outputs.update(arn=self._arn("secretsmanager", f"secret:{physical}-AbCdEf"), name=physical)
+        elif typ == "aws:ecr/repository:Repository":
+            outputs.update(
+                arn=self._arn("ecr", f"repository/{physical}"),
+                repositoryUrl=f"{ACCOUNT}.dkr.ecr.{self.region}.amazonaws.com/{physical}",
+            )
+        elif typ == "eks:index:Cluster":
+            issuer = f"oidc.eks.{self.region}.amazonaws.com/id/{OIDC_ID}"
+            outputs.update(
+                kubeconfigJson=json.dumps({"apiVersion": "v1", "kind": "Config", "clusters": [{"name": physical}]}),
+                oidcProviderArn=f"arn:aws:iam::{ACCOUNT}:oidc-provider/{issuer}",
+                oidcProviderUrl=f"https://{issuer}",
+                oidcIssuer=issuer,
+                nodeSecurityGroupId="sg-0eksclusterprimary",
+                clusterSecurityGroupId="sg-0ekscontrolplane",
+            )
+        elif typ == "kubernetes:networking.k8s.io/v1:Ingress":
+            outputs["status"] = {
+                "loadBalancer": {"ingress": [{"hostname": "k8s-tickcast-dashboard-1234.elb.amazonaws.com"}]}
+            }
+        elif typ == "kubernetes:helm.sh/v3:Release":
+            outputs["status"] = {
+                "name": inputs.get("name", name),
+                "namespace": inputs.get("namespace"),
+                "status": "deployed",
+            }
+        elif typ.startswith("aws:"):
+            service = typ.split(":")[1].split("/")[0]
+            outputs.setdefault("arn", self._arn(service, f"{name}"))
+        self.resources.append(
+            Recorded(
+                typ,
+                name,
+                inputs,
+                outputs,
+                bool(args.custom),
+                read=args.resource_id is not None and args.resource_id != "",
+            )
+        )
+        resource_id = args.resource_id or f"{physical}-id"
+        return resource_id, outputs
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list]:
+        self.calls.append((args.token, dict(args.args)))
+        if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
+            names = [f"{self.region}{suffix}" for suffix in "abcdef"]
+            return {"names": names, "zoneIds": [f"use1-az{i}" for i in range(1, 7)], "id": self.region}, []
+        return {}, []
+
+
+@dataclass
+class Deployment:
+    """The result of one mocked run of the program."""
+
+    stack: str
+    config: dict[str, Any]
+    resources: list[Recorded]
+    outputs: dict[str, Any]
+    secret_outputs: set[str]
+
+    def of_type(self, typ: str) -> list[Recorded]:
+        return [r for r in self.resources if r.type == typ]
+
+    def one(self, typ: str, name: str | None = None) -> Recorded:
+        found = [r for r in self.of_type(typ) if name is None or r.name == name]
+        assert len(found) == 1, f"expected one {typ} {name or ''}, found {[r.name for r in found]}"
+        return found[0]
+
+
+def stack_file_config(stack: str) -> dict[str, Any]:
+    """The ``config:`` block of ``Pulumi.<stack>.yaml``."""
+    data = yaml.safe_load((PULUMI_DIR / f"Pulumi.{stack}.yaml").read_text())
+    return dict(data.get("config") or {})
+
+
+def run_program(stack: str, config: dict[str, Any]) -> Deployment:
+    """Run ``__main__``'s program under mocks with ``config`` (namespaced keys) for ``stack``."""
+    from tickcast_infra import config as config_module
+    from tickcast_infra import stack as stack_module
+
+    region = str(config.get("aws:region", REGION_FALLBACK))
+    mocks = RecordingMocks(region)
+    pulumi.runtime.set_mocks(mocks, project="tickcast", stack=stack, preview=False)
+    raw = {key: value if isinstance(value, str) else json.dumps(value) for key, value in config.items()}
+    secret_keys = [key for key in raw if key == "tickcast:polygonApiKey"]
+    pulumi.runtime.set_all_config(raw, secret_keys)
+
+    result: dict[str, Any] = {}
+
+    @pulumi.runtime.test
+    def program() -> pulumi.Output[Any]:
+        built = stack_module.build(config_module.load())
+        outputs = {key: pulumi.Output.from_input(value) for key, value in built.outputs.items()}
+
+        async def gather() -> None:
+            result["outputs"] = {key: await out.future(with_unknowns=True) for key, out in outputs.items()}
+            result["secret"] = {key for key, out in outputs.items() if await out.is_secret()}
+
+        return pulumi.Output.from_input(asyncio.ensure_future(gather()))
+
+    program()
+    return Deployment(stack, config, mocks.resources, result["outputs"], result["secret"])
+
+
+def with_secret(config: dict[str, Any]) -> dict[str, Any]:
+    return {**config, "tickcast:polygonApiKey": POLYGON_TEST_KEY}
+
+
+@pytest.fixture(scope="session")
+def dev() -> Deployment:
+    return run_program("dev", with_secret(stack_file_config("dev")))
+
+
+@pytest.fixture(scope="session")
+def prod() -> Deployment:
+    return run_program("prod", with_secret(stack_file_config("prod")))
+
+
+@pytest.fixture(scope="session")
+def serverless() -> Deployment:
+    config = with_secret(stack_file_config("dev"))
+    config["tickcast:kafkaMode"] = "serverless"
+    return run_program("serverless", config)
+
+
+@pytest.fixture(scope="session", params=["dev", "prod", "serverless"])
+def deployment(request: pytest.FixtureRequest) -> Deployment:
+    return request.getfixturevalue(request.param)
+
+
+_SIG_KEY = "4dabf18193072939515e22adb298388d"  # pulumi.runtime.rpc._special_sig_key
+_SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"  # pulumi.runtime.rpc._special_secret_sig
+
+
+def is_secret_value(value: Any) -> bool:
+    """Whether a recorded input is a Pulumi secret (the engine's wire form of one)."""
+    return isinstance(value, dict) and value.get(_SIG_KEY) == _SECRET_SIG
+
+
+def unwrap(value: Any) -> Any:
+    """A recorded input with secret markers removed, for assertions on the content."""
+    if is_secret_value(value):
+        return unwrap(value["value"])
+    if isinstance(value, dict):
+        return {k: unwrap(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unwrap(v) for v in value]
+    return value
+
+
+def plain_strings(value: Any) -> list[str]:
+    """Every string in a recorded input that is not inside a secret."""
+    if is_secret_value(value):
+        return []
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in [k, *plain_strings(v)]]
+    if isinstance(value, list):
+        return [s for v in value for s in plain_strings(v)]
+    return [value] if isinstance(value, str) else []

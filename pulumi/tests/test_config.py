@@ -1,0 +1,94 @@
+"""Every config key is declared once, documented in the README, and used as declared."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+
+from conftest import PULUMI_DIR, run_program, stack_file_config, with_secret
+from tickcast_infra.config import KEYS, KEYS_BY_NAME, reference_markdown
+
+README = PULUMI_DIR / "README.md"
+
+
+def test_readme_reference_is_generated_from_the_declared_keys() -> None:
+    text = README.read_text()
+    assert reference_markdown() in text, (
+        "pulumi/README.md's configuration reference is stale: paste the output of "
+        "`.venv/bin/python -m tickcast_infra.config` into it"
+    )
+
+
+def test_only_config_py_reads_config() -> None:
+    sources = [PULUMI_DIR / "__main__.py", *sorted((PULUMI_DIR / "tickcast_infra").glob("*.py"))]
+    getters = r"\.(require|require_secret|get_secret|get_int|get_bool|get_float|get_object|require_\w+)\("
+    for path in sources:
+        if path.name != "config.py":
+            text = path.read_text()
+            assert "Config(" not in text.replace("StackConfig", ""), path.name
+            assert not re.search(getters, text), path.name
+
+
+def test_the_program_reads_exactly_the_declared_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spy on every config lookup of a whole run, the providers' SDKs included."""
+    import pulumi.config
+
+    read: set[str] = set()
+    real = pulumi.config.get_config
+
+    def spy(key: str) -> object:
+        read.add(key)
+        return real(key)
+
+    monkeypatch.setattr(pulumi.config, "get_config", spy)
+    run_program("spy", with_secret(stack_file_config("dev")))
+    assert read == set(KEYS_BY_NAME), {
+        "read but not declared": sorted(read - set(KEYS_BY_NAME)),
+        "declared but never read": sorted(set(KEYS_BY_NAME) - read),
+    }
+    assert len(KEYS_BY_NAME) == len(KEYS), "a key is declared twice"
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_stack_files_use_only_declared_keys_with_valid_values(stack: str) -> None:
+    config = stack_file_config(stack)
+    unknown = sorted(set(config) - set(KEYS_BY_NAME))
+    assert not unknown, f"Pulumi.{stack}.yaml sets undocumented keys: {unknown}"
+    for name, value in config.items():
+        key = KEYS_BY_NAME[name]
+        if key.choices:
+            assert value in key.choices, name
+        expected = {"string": str, "integer": int, "boolean": bool, "list": list}[key.kind]
+        assert isinstance(value, expected), name
+    assert "tickcast:polygonApiKey" not in config, "the API key is set with `pulumi config set --secret`"
+
+
+def test_stack_files_pin_the_region() -> None:
+    for stack in ("dev", "prod"):
+        assert stack_file_config(stack)["aws:region"]
+
+
+def test_pulumi_yaml_uses_the_project_namespace_and_venv() -> None:
+    project = yaml.safe_load((PULUMI_DIR / "Pulumi.yaml").read_text())
+    assert project["name"] == "tickcast"
+    assert project["runtime"] == {"name": "python", "options": {"toolchain": "pip", "virtualenv": ".venv"}}
+    assert not (PULUMI_DIR / "__init__.py").exists(), "a package named pulumi would shadow the SDK"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("tickcast:gpuMinSize", 3, "gpuMinSize <= gpuDesiredSize <= gpuMaxSize"),
+        ("tickcast:kafkaMode", "kraft", "kafkaMode is 'kraft'; use one of provisioned, serverless"),
+        ("tickcast:azCount", 1, "azCount must be at least 2"),
+        ("tickcast:vpcCidr", "10.0.0.0/8", "must be a /16 to /20"),
+        ("tickcast:cpuInstanceTypes", "m6i.large", "tickcast:cpuInstanceTypes must be a list"),
+    ],
+)
+def test_bad_values_are_refused_with_the_key_named(key: str, value: object, message: str) -> None:
+    config = with_secret(stack_file_config("dev"))
+    config[key] = value
+    with pytest.raises(Exception, match=re.escape(message)):
+        run_program("bad", config)

@@ -1,0 +1,1 @@
+"""tickcast infrastructure on AWS as Pulumi ComponentResources (see pulumi/README.md)."""

@@ -1,0 +1,288 @@
+"""The tickcast Helm release, its namespace and secret, and (MSK Serverless) the topic Job.
+
+:func:`chart_values` is the one place the created resources become values of the chart in
+``helm/tickcast``. The keys it sets (documented in ``pulumi/README.md``, "Chart values"):
+
+================================================  ==============================================
+key                                                from
+================================================  ==============================================
+``image.tag``                                      ``tickcast:imageTag`` (``image.registry`` stays
+                                                   empty: repositories are full ECR URLs)
+``<component>.image.repository``                  the component's ECR repository URL
+``<component>.serviceAccount.{create,name,roleArn}``  ``tickcast-<workload>`` and its IRSA role
+``config.kafka.bootstrap_servers``                 the MSK IAM bootstrap brokers (port 9098)
+``config.kafka.security_protocol/sasl_mechanism``  ``SASL_SSL`` / ``OAUTHBEARER`` (MSK IAM auth)
+``config.kafka.sasl_username``                     empty (IAM needs none)
+``config.kafka.partitions/replication_factor/retention_hours``  the topic settings
+``config.lake.url`` / ``config.lake.s3_region``    ``s3://BUCKET/PREFIX`` / the region
+``secrets.existingSecret``                         the Secret this component creates
+``rayService.head.nodeSelector``                   the CPU pool
+``rayService.workerGroup.{replicas,minReplicas,maxReplicas,nodeSelector,tolerations}``
+                                                   the GPU node group's size, label and taint
+``dashboard.ingress.{enabled,className,scheme,host,certificateArn,annotations}``
+                                                   ``tickcast:dashboard*``
+``networkPolicy.kuberayOperatorNamespace``         where the KubeRay operator is installed
+================================================  ==============================================
+
+Components and the workload (IAM role, service account) each runs as: producer, consumer,
+forecaster, dashboard, rayService (role ``serving``) and jobs (Ray batch jobs, role ``batch``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from tickcast_infra.addons import KUBERAY_NAMESPACE
+from tickcast_infra.cluster import CPU_LABELS, GPU_LABELS, GPU_TOLERATION, NODE_POOL_LABEL
+from tickcast_infra.iam import KAFKA_ADMIN, service_account_name
+from tickcast_infra.kafka import SASL_MECHANISM, SECURITY_PROTOCOL
+
+RELEASE_NAME = "tickcast"
+SECRETS_NAME = "tickcast-pulumi-secrets"
+"""The Secret handed to the chart as ``secrets.existingSecret``; keys are setting variables."""
+POLYGON_API_KEY_VARIABLE = "TICKCAST_POLYGON__API_KEY"
+DASHBOARD_INGRESS_NAME = f"{RELEASE_NAME}-dashboard"
+"""The chart's dashboard Ingress (``<fullname>-dashboard``); its load balancer gives the URL."""
+RAY_SERVICE_NAME = f"{RELEASE_NAME}-serving"
+"""The chart's RayService (``<fullname>-serving``); KubeRay's Serve Service is ``<name>-serve-svc``."""
+SERVE_PORT = 8000
+
+# chart section -> (image, workload); the jobs run the serving image, set by rayService.image.
+CHART_COMPONENTS: dict[str, tuple[str | None, str]] = {
+    "producer": ("producer", "producer"),
+    "consumer": ("consumer", "consumer"),
+    "forecaster": ("forecaster", "forecaster"),
+    "dashboard": ("dashboard", "dashboard"),
+    "rayService": ("serving", "serving"),
+    "jobs": (None, "batch"),
+}
+
+
+@dataclass(frozen=True)
+class DashboardIngress:
+    """How the dashboard is exposed through the AWS load balancer controller."""
+
+    scheme: str = "internal"
+    allowed_cidrs: Sequence[str] = ("0.0.0.0/0",)
+    host: str = ""
+    certificate_arn: str = ""
+
+    def values(self) -> dict[str, Any]:
+        annotations = {}
+        if self.scheme == "internet-facing":
+            annotations["alb.ingress.kubernetes.io/inbound-cidrs"] = ",".join(self.allowed_cidrs)
+        return {
+            "enabled": True,
+            "className": "alb",
+            "scheme": self.scheme,
+            "host": self.host,
+            "certificateArn": self.certificate_arn,
+            "annotations": annotations,
+        }
+
+
+@dataclass(frozen=True)
+class ChartInputs:
+    """Everything the chart's values are made of."""
+
+    image_tag: str
+    repository_urls: Mapping[str, pulumi.Input[str]]
+    role_arns: Mapping[str, pulumi.Input[str]]
+    bootstrap_servers: pulumi.Input[str]
+    lake_url: pulumi.Input[str]
+    region: str
+    kafka_partitions: int
+    kafka_replication_factor: int
+    kafka_retention_hours: int
+    gpu_min_replicas: int
+    gpu_replicas: int
+    gpu_max_replicas: int
+    dashboard: DashboardIngress = field(default_factory=DashboardIngress)
+
+
+def chart_values(inputs: ChartInputs) -> dict[str, Any]:
+    """The tickcast chart's values, wired from the created resources (see the module docs)."""
+    values: dict[str, Any] = {"image": {"tag": inputs.image_tag}}
+    for section, (image, workload) in CHART_COMPONENTS.items():
+        values[section] = {
+            "serviceAccount": {
+                "create": True,
+                "name": service_account_name(workload),
+                "roleArn": inputs.role_arns[workload],
+            },
+        }
+        if image is not None:
+            values[section]["image"] = {"repository": inputs.repository_urls[image]}
+    values["config"] = {
+        "kafka": {
+            "bootstrap_servers": inputs.bootstrap_servers,
+            "security_protocol": SECURITY_PROTOCOL,
+            "sasl_mechanism": SASL_MECHANISM,
+            "sasl_username": "",
+            "partitions": inputs.kafka_partitions,
+            "replication_factor": inputs.kafka_replication_factor,
+            "retention_hours": inputs.kafka_retention_hours,
+        },
+        "lake": {"url": inputs.lake_url, "s3_region": inputs.region},
+    }
+    values["secrets"] = {"existingSecret": SECRETS_NAME}
+    values["rayService"]["head"] = {"nodeSelector": dict(CPU_LABELS)}
+    values["rayService"]["workerGroup"] = {
+        "replicas": inputs.gpu_replicas,
+        "minReplicas": inputs.gpu_min_replicas,
+        "maxReplicas": inputs.gpu_max_replicas,
+        "nodeSelector": {NODE_POOL_LABEL: GPU_LABELS[NODE_POOL_LABEL]},
+        "tolerations": [dict(GPU_TOLERATION)],
+    }
+    values["dashboard"]["ingress"] = inputs.dashboard.values()
+    values["networkPolicy"] = {"kuberayOperatorNamespace": KUBERAY_NAMESPACE}
+    return values
+
+
+TOPICS_SCRIPT = (
+    "from tickcast.kafka import ensure_topics; from tickcast.settings import load_settings; "
+    "print('created:', ensure_topics(load_settings().kafka) or 'none')"
+)
+
+
+@dataclass(frozen=True)
+class AppArgs:
+    """The release's chart, namespace and values, and what must exist before it installs."""
+
+    namespace: str
+    chart_path: str
+    chart: ChartInputs
+    polygon_api_key: pulumi.Input[str]
+    provider: k8s.Provider
+    depends_on: Sequence[pulumi.Resource]
+    topics_job_role_arn: pulumi.Input[str] | None = None
+    """Set (MSK Serverless) to create the topics with a Job running as ``tickcast-kafka-admin``."""
+
+
+class TickcastApp(pulumi.ComponentResource):
+    """Namespace, Polygon Secret, optional topic Job and the tickcast Helm release."""
+
+    release: k8s.helm.v3.Release
+    dashboard_url: pulumi.Output[str]
+    serve_endpoint: str
+
+    def __init__(self, name: str, args: AppArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("tickcast:infra:TickcastApp", name, None, opts)
+        on_cluster = pulumi.ResourceOptions(parent=self, provider=args.provider)
+        namespace = k8s.core.v1.Namespace(
+            f"{name}-namespace",
+            metadata={
+                "name": args.namespace,
+                "labels": {
+                    "pod-security.kubernetes.io/warn": "restricted",
+                    "pod-security.kubernetes.io/audit": "restricted",
+                },
+            },
+            opts=on_cluster,
+        )
+        in_namespace = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[namespace])
+        secret = k8s.core.v1.Secret(
+            f"{name}-secrets",
+            metadata={"name": SECRETS_NAME, "namespace": args.namespace},
+            type="Opaque",
+            string_data={POLYGON_API_KEY_VARIABLE: pulumi.Output.secret(args.polygon_api_key)},
+            opts=in_namespace,
+        )
+        before_release: list[pulumi.Resource] = [secret, *args.depends_on]
+        if args.topics_job_role_arn is not None:
+            before_release.append(self._topics_job(name, args, namespace))
+
+        self.release = k8s.helm.v3.Release(
+            name,
+            name=RELEASE_NAME,
+            chart=args.chart_path,
+            namespace=args.namespace,
+            values=chart_values(args.chart),
+            timeout=1200,
+            opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[namespace, *before_release]),
+        )
+
+        self.serve_endpoint = f"http://{RAY_SERVICE_NAME}-serve-svc.{args.namespace}.svc:{SERVE_PORT}"
+        dashboard = args.chart.dashboard
+        scheme = "https" if dashboard.certificate_arn else "http"
+        if dashboard.host:
+            self.dashboard_url = pulumi.Output.from_input(f"{scheme}://{dashboard.host}")
+        else:
+            ingress = k8s.networking.v1.Ingress.get(
+                f"{name}-dashboard",
+                f"{args.namespace}/{DASHBOARD_INGRESS_NAME}",
+                opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[self.release]),
+            )
+            self.dashboard_url = ingress.status.apply(lambda status: _ingress_url(status, scheme))
+        self.register_outputs({"dashboardUrl": self.dashboard_url, "serveEndpoint": self.serve_endpoint})
+
+    def _topics_job(self, name: str, args: AppArgs, namespace: pulumi.Resource) -> pulumi.Resource:
+        account = service_account_name(KAFKA_ADMIN)
+        service_account = k8s.core.v1.ServiceAccount(
+            f"{name}-kafka-admin",
+            metadata={
+                "name": account,
+                "namespace": args.namespace,
+                "annotations": {"eks.amazonaws.com/role-arn": args.topics_job_role_arn},
+            },
+            opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[namespace]),
+        )
+        env = {
+            "TICKCAST_KAFKA__BOOTSTRAP_SERVERS": args.chart.bootstrap_servers,
+            "TICKCAST_KAFKA__SECURITY_PROTOCOL": SECURITY_PROTOCOL,
+            "TICKCAST_KAFKA__SASL_MECHANISM": SASL_MECHANISM,
+            "TICKCAST_KAFKA__PARTITIONS": str(args.chart.kafka_partitions),
+            "TICKCAST_KAFKA__REPLICATION_FACTOR": str(args.chart.kafka_replication_factor),
+            "TICKCAST_KAFKA__RETENTION_HOURS": str(args.chart.kafka_retention_hours),
+            "AWS_REGION": args.chart.region,
+        }
+        return k8s.batch.v1.Job(
+            f"{name}-kafka-topics",
+            metadata={"name": f"{RELEASE_NAME}-kafka-topics", "namespace": args.namespace},
+            spec={
+                "backoffLimit": 6,
+                "template": {
+                    "spec": {
+                        "serviceAccountName": account,
+                        "restartPolicy": "OnFailure",
+                        "nodeSelector": dict(CPU_LABELS),
+                        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+                        "containers": [
+                            {
+                                "name": "topics",
+                                "image": pulumi.Output.concat(
+                                    args.chart.repository_urls["producer"], ":", args.chart.image_tag
+                                ),
+                                "command": ["python", "-c", TOPICS_SCRIPT],
+                                "env": [{"name": k, "value": v} for k, v in env.items()],
+                                "resources": {
+                                    "requests": {"cpu": "50m", "memory": "128Mi"},
+                                    "limits": {"memory": "256Mi"},
+                                },
+                                "securityContext": {
+                                    "allowPrivilegeEscalation": False,
+                                    "readOnlyRootFilesystem": True,
+                                    "capabilities": {"drop": ["ALL"]},
+                                },
+                            }
+                        ],
+                    }
+                },
+            },
+            opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[service_account]),
+        )
+
+
+def _ingress_url(status: Any, scheme: str) -> str:
+    """``SCHEME://<load balancer name>`` once the controller has provisioned it."""
+    balancer = getattr(status, "load_balancer", None)
+    for entry in getattr(balancer, "ingress", None) or []:
+        hostname = getattr(entry, "hostname", None)
+        if hostname:
+            return f"{scheme}://{hostname}"
+    return "(load balancer pending: run `pulumi refresh` or `pulumi up` again in a few minutes)"

@@ -1,0 +1,202 @@
+"""The whole stack: builds every component from the config and returns the stack outputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+
+from tickcast_infra.addons import Addons, AddonsArgs
+from tickcast_infra.app import AppArgs, ChartInputs, DashboardIngress, TickcastApp
+from tickcast_infra.cluster import Cluster, ClusterArgs, NodeGroupSpec
+from tickcast_infra.config import StackConfig
+from tickcast_infra.iam import KAFKA_ADMIN, KAFKA_ADMIN_ACCESS, WorkloadRoles, WorkloadRolesArgs
+from tickcast_infra.kafka import Kafka, KafkaArgs
+from tickcast_infra.lake import Lake, LakeArgs
+from tickcast_infra.network import Network, NetworkArgs
+from tickcast_infra.registry import PolygonSecret, PolygonSecretArgs, Registry, RegistryArgs
+
+BOTTLEROCKET_NVIDIA = "BOTTLEROCKET_x86_64_NVIDIA"
+
+
+@dataclass
+class Stack:
+    """The built components, for the program's exports and for tests."""
+
+    config: StackConfig
+    network: Network
+    cluster: Cluster
+    lake: Lake
+    kafka: Kafka
+    registry: Registry
+    polygon: PolygonSecret
+    roles: WorkloadRoles
+    addons: Addons
+    app: TickcastApp | None
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+
+def availability_zones(count: int) -> list[str]:
+    """The first ``count`` available zones of the region."""
+    zones = sorted(aws.get_availability_zones(state="available").names)
+    if len(zones) < count:
+        raise ValueError(f"tickcast:azCount is {count} but the region has {len(zones)} available zones")
+    return zones[:count]
+
+
+def build(config: StackConfig) -> Stack:
+    """Create every resource of the stack."""
+    name = config.name
+    network = Network(
+        "network",
+        NetworkArgs(
+            cluster_name=name,
+            region=config.region,
+            vpc_cidr=config.vpc_cidr,
+            availability_zones=availability_zones(config.az_count),
+            nat_gateways=config.nat_gateways,
+        ),
+    )
+    cluster = Cluster(
+        "cluster",
+        ClusterArgs(
+            cluster_name=name,
+            kubernetes_version=config.kubernetes_version,
+            vpc_id=network.vpc_id,
+            private_subnet_ids=network.private_subnet_ids,
+            public_subnet_ids=network.public_subnet_ids,
+            endpoint_public_access_cidrs=config.endpoint_public_access_cidrs,
+            admin_role_arns=config.admin_role_arns,
+            cpu=NodeGroupSpec(
+                instance_types=config.cpu_instance_types, size=config.cpu_size, ami_type="AL2023_x86_64_STANDARD"
+            ),
+            gpu=NodeGroupSpec(
+                instance_types=config.gpu_instance_types,
+                size=config.gpu_size,
+                ami_type=config.gpu_ami_type,
+                capacity_type=config.gpu_capacity_type,
+                disk_size_gb=config.gpu_disk_size_gb,
+            ),
+        ),
+    )
+    lake = Lake(
+        "lake",
+        LakeArgs(
+            cluster_name=name,
+            prefix=config.lake_prefix,
+            noncurrent_version_days=config.lake_noncurrent_version_days,
+            intelligent_tiering_days=config.lake_intelligent_tiering_days,
+            force_destroy=config.force_destroy,
+        ),
+    )
+    kafka = Kafka(
+        "kafka",
+        KafkaArgs(
+            cluster_name=name,
+            mode=config.kafka_mode,
+            vpc_id=network.vpc_id,
+            subnet_ids=network.private_subnet_ids,
+            client_security_group_ids=[cluster.node_security_group_id],
+            kafka_version=config.kafka_version,
+            broker_instance_type=config.kafka_broker_instance_type,
+            broker_count=config.kafka_broker_count,
+            volume_size_gb=config.kafka_volume_size_gb,
+            partitions=config.kafka_partitions,
+            replication_factor=config.kafka_replication_factor,
+            retention_hours=config.kafka_retention_hours,
+        ),
+    )
+    registry = Registry("images", RegistryArgs(cluster_name=name, force_destroy=config.force_destroy))
+    polygon = PolygonSecret(
+        "polygon",
+        PolygonSecretArgs(cluster_name=name, api_key=config.polygon_api_key, force_destroy=config.force_destroy),
+    )
+    workloads = WorkloadRolesArgs(
+        cluster_name=name,
+        oidc_provider_arn=cluster.oidc_provider_arn,
+        oidc_issuer=cluster.oidc_issuer,
+        namespace=config.namespace,
+        bucket_arn=lake.bucket_arn,
+        lake_prefix=config.lake_prefix,
+        lake_kms_key_arn=lake.kms_key_arn,
+        kafka_cluster_arn=kafka.cluster_arn,
+        polygon_secret_arn=polygon.arn,
+    )
+    if not kafka.topics_managed:
+        workloads = replace(workloads, workloads={**workloads.workloads, KAFKA_ADMIN: KAFKA_ADMIN_ACCESS})
+    roles = WorkloadRoles("workloads", workloads)
+    addons = Addons(
+        "addons",
+        AddonsArgs(
+            cluster_name=name,
+            region=config.region,
+            vpc_id=network.vpc_id,
+            oidc_provider_arn=cluster.oidc_provider_arn,
+            oidc_issuer=cluster.oidc_issuer,
+            provider=cluster.provider,
+            node_groups=cluster.node_groups,
+            kuberay_version=config.kuberay_version,
+            nvidia_device_plugin_version=config.nvidia_device_plugin_version,
+            aws_load_balancer_controller_version=config.aws_load_balancer_controller_version,
+            install_device_plugin=config.gpu_ami_type != BOTTLEROCKET_NVIDIA,
+        ),
+    )
+
+    app: TickcastApp | None = None
+    if config.deploy_app:
+        app = TickcastApp(
+            "tickcast",
+            AppArgs(
+                namespace=config.namespace,
+                chart_path=config.chart_path,
+                chart=ChartInputs(
+                    image_tag=config.image_tag,
+                    repository_urls=registry.repository_urls,
+                    role_arns=roles.arns,
+                    bootstrap_servers=kafka.bootstrap_servers,
+                    lake_url=lake.url,
+                    region=config.region,
+                    kafka_partitions=config.kafka_partitions,
+                    kafka_replication_factor=config.kafka_replication_factor,
+                    kafka_retention_hours=config.kafka_retention_hours,
+                    gpu_min_replicas=config.gpu_size.min_size,
+                    gpu_replicas=config.gpu_size.desired_size,
+                    gpu_max_replicas=config.gpu_size.max_size,
+                    dashboard=DashboardIngress(
+                        scheme=config.dashboard_scheme,
+                        allowed_cidrs=config.dashboard_allowed_cidrs,
+                        host=config.dashboard_host,
+                        certificate_arn=config.dashboard_certificate_arn,
+                    ),
+                ),
+                polygon_api_key=config.polygon_api_key,
+                provider=cluster.provider,
+                depends_on=[*addons.releases, *kafka.topics],
+                topics_job_role_arn=None if kafka.topics_managed else roles.arns[KAFKA_ADMIN],
+            ),
+        )
+
+    not_deployed = "(tickcast:deployApp is false)"
+    outputs: dict[str, Any] = {
+        "kubeconfig": cluster.kubeconfig,
+        "clusterName": name,
+        "region": config.region,
+        "bucketName": lake.bucket_name,
+        "lakeUrl": lake.url,
+        "bootstrapServers": kafka.bootstrap_servers,
+        "kafkaClusterArn": kafka.cluster_arn,
+        "ecrRepositories": registry.repository_urls,
+        "polygonSecretArn": polygon.arn,
+        "workloadRoleArns": roles.arns,
+        "dashboardUrl": app.dashboard_url if app else not_deployed,
+        "serveEndpoint": app.serve_endpoint if app else not_deployed,
+    }
+    return Stack(config, network, cluster, lake, kafka, registry, polygon, roles, addons, app, outputs)
+
+
+def export(stack: Stack) -> None:
+    """Export the stack outputs (``pulumi stack output``)."""
+    for key, value in stack.outputs.items():
+        pulumi.export(key, value)
