@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from tickcast.errors import BrokerUnavailable
+from tickcast.errors import BrokerUnavailable, ConfigError
 from tickcast.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,11 @@ def common_config(settings: KafkaSettings) -> dict[str, Any]:
         "security_protocol": settings.security_protocol,
         "request_timeout_ms": int(settings.request_timeout_s * 1000) + 5000,
     }
-    if settings.sasl_mechanism:
+    if settings.sasl_mechanism == "OAUTHBEARER":
+        # Amazon MSK IAM auth: short-lived SigV4 tokens from the pod's IRSA role.
+        config["sasl_mechanism"] = "OAUTHBEARER"
+        config["sasl_oauth_token_provider"] = msk_iam_token_provider(settings.aws_region)
+    elif settings.sasl_mechanism:
         config["sasl_mechanism"] = settings.sasl_mechanism
         config["sasl_plain_username"] = settings.sasl_username
         if settings.sasl_password is not None:
@@ -35,6 +39,37 @@ def common_config(settings: KafkaSettings) -> dict[str, Any]:
     if settings.ssl_cafile:
         config["ssl_cafile"] = settings.ssl_cafile
     return config
+
+
+def msk_iam_token_provider(region: str | None) -> Any:
+    """A kafka-python OAUTHBEARER token provider that signs Amazon MSK IAM tokens.
+
+    Tokens are cached until shortly before they expire, so reconnect storms do not sign
+    a token per connection.
+    """
+    import time
+
+    import boto3
+    from aws_msk_iam_sasl_signer import MSKAuthTokenProvider
+    from kafka.net.sasl.oauth import AbstractTokenProvider
+
+    resolved = region or boto3.session.Session().region_name
+    if not resolved:
+        raise ConfigError(
+            "TICKCAST_KAFKA__AWS_REGION", "MSK IAM auth needs an AWS region", "set TICKCAST_KAFKA__AWS_REGION"
+        )
+
+    class _MskIamTokens(AbstractTokenProvider):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self._token = ""
+            self._expires_ms = 0.0
+
+        def token(self) -> str:
+            if time.time() * 1000 > self._expires_ms - 60_000:
+                self._token, self._expires_ms = MSKAuthTokenProvider.generate_auth_token(resolved)
+            return self._token
+
+    return _MskIamTokens()
 
 
 def _no_brokers(settings: KafkaSettings, exc: Exception) -> BrokerUnavailable:

@@ -38,6 +38,9 @@ class KafkaSettings(BaseModel):
     sasl_username: str | None = Field(None, description="SASL user name.")
     sasl_password: SecretStr | None = Field(None, description="SASL password (secret).")
     ssl_cafile: str | None = Field(None, description="CA bundle to verify the brokers' TLS certificates.")
+    aws_region: str | None = Field(
+        None, description="AWS region for Amazon MSK IAM auth (sasl_mechanism OAUTHBEARER); unset uses the SDK's."
+    )
     topic_bars: str = Field("bars", description="Topic of validated bars, keyed by ticker.")
     topic_forecasts: str = Field("forecasts", description="Topic of published forecasts, keyed by ticker.")
     topic_dlq: str = Field("bars.dlq", description="Dead-letter topic for records that failed validation.")
@@ -115,6 +118,11 @@ class PolygonSettings(BaseModel):
     requests_per_minute: float = Field(5.0, gt=0, description="REST request budget: 5 for the free tier.")
     max_retries: int = Field(8, ge=0, description="Retries for 429 and 5xx answers before giving up.")
     backoff_max_s: float = Field(60.0, gt=0, description="Upper bound of one retry back-off, in seconds.")
+    request_timeout_s: float = Field(30.0, gt=0, description="Timeout of one REST request, in seconds.")
+    page_limit: int = Field(
+        50_000, ge=1, le=50_000, description="Aggregates per REST page (Polygon's limit parameter, at most 50000)."
+    )
+    adjusted: bool = Field(True, description="Ask for split-adjusted aggregates.")
 
 
 class ServingSettings(BaseModel):
@@ -145,6 +153,15 @@ class ServingSettings(BaseModel):
     max_body_bytes: int = Field(8_000_000, ge=1024, description="Largest accepted request body, in bytes.")
     auth_token: SecretStr | None = Field(None, description="Bearer token required by the API when set (secret).")
     torch_threads: int = Field(0, ge=0, description="Torch intra-op threads per replica; 0 leaves torch's default.")
+    hub_model: str = Field(
+        "amazon/chronos-2", description="Hub model that model=auto tries before falling back to the bundled model."
+    )
+    max_ongoing_requests: int = Field(
+        256, ge=1, description="Requests one replica accepts at once; keep it above max_batch_size so batches fill."
+    )
+    target_ongoing_requests: float = Field(
+        32.0, gt=0, description="Autoscaling target of ongoing requests per replica (num_replicas=auto)."
+    )
 
 
 class ForecasterSettings(BaseModel):
@@ -162,6 +179,31 @@ class ForecasterSettings(BaseModel):
     micro_batch_max: int = Field(256, ge=1, description="Most tickers forecast in one request.")
     micro_batch_wait_s: float = Field(0.05, ge=0, description="How long to gather updated tickers, in seconds.")
     metrics_port: int = Field(9310, ge=0, le=65535, description="Prometheus metrics port (0 disables).")
+    interval: Literal["second", "minute", "hour", "day"] = Field(
+        "minute", description="Bar interval the forecaster follows; bars of other intervals are ignored."
+    )
+    max_tickers: int = Field(
+        20_000, ge=1, description="Most tickers whose context is kept; the least recently updated is evicted."
+    )
+    max_in_flight: int = Field(2, ge=1, description="Forecast requests to Serve in flight at once.")
+    request_timeout_s: float = Field(10.0, gt=0, description="Timeout of one forecast request to Serve, in seconds.")
+    max_retries: int = Field(2, ge=0, description="Retries of a failed forecast request before it counts as failed.")
+    breaker_failures: int = Field(
+        3, ge=1, description="Consecutive failed requests that open the circuit breaker to Serve."
+    )
+    breaker_reset_s: float = Field(
+        2.0, gt=0, description="First pause of an open circuit before a trial request; doubles up to 8 times this."
+    )
+    lake_flush_interval_s: float = Field(
+        10.0, gt=0, description="How often forecasts and scores are written to the lake and offsets committed."
+    )
+    score_window: int = Field(
+        256, ge=1, description="Scored steps per ticker in the rolling MASE, WQL and coverage aggregates."
+    )
+    warm_start: bool = Field(True, description="Load context, pending forecasts and score windows from the lake.")
+    ticker_metrics: bool = Field(
+        True, description="Export per-ticker score gauges (one series per ticker and metric; off for huge lists)."
+    )
 
 
 class ConsumerSettings(BaseModel):
@@ -177,6 +219,12 @@ class ConsumerSettings(BaseModel):
         300.0, gt=0, description="Stop with an error when the store stays down this long, in seconds."
     )
     metrics_port: int = Field(9320, ge=0, le=65535, description="Prometheus metrics port (0 disables).")
+    session_timeout_s: float = Field(
+        10.0,
+        ge=6,
+        le=300,
+        description="Group session timeout: how soon a crashed sink's partitions move on, in seconds.",
+    )
 
 
 class ProducerSettings(BaseModel):
@@ -204,6 +252,22 @@ class DashboardSettings(BaseModel):
     host: str = Field("127.0.0.1", description="Address Streamlit binds.")
     port: int = Field(8501, ge=1, le=65535, description="Port of the dashboard.")
     refresh_s: float = Field(5.0, gt=0, description="Auto-refresh period of the live page, in seconds.")
+    producer_url: str = Field(
+        "", description="URL of the producer's /healthz and /metrics; empty: http://127.0.0.1:<its metrics_port>."
+    )
+    consumer_url: str = Field(
+        "", description="URL of the consumer's /healthz and /metrics; empty: http://127.0.0.1:<its metrics_port>."
+    )
+    forecaster_url: str = Field(
+        "", description="URL of the forecaster's /healthz and /metrics; empty: http://127.0.0.1:<its metrics_port>."
+    )
+    probe_timeout_s: float = Field(2.0, gt=0, description="Timeout of one health, metrics or Kafka probe, in seconds.")
+    max_chart_bars: int = Field(
+        1500, ge=50, description="Most candles drawn; longer ranges are resampled to coarser bars for the chart."
+    )
+    dlq_max_records: int = Field(
+        1000, ge=1, description="Most recent dead-letter records the Explore page reads for its data-quality view."
+    )
 
 
 class Settings(BaseSettings):

@@ -55,3 +55,16 @@ def test_cli_bad_config_is_one_line_without_traceback() -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert "TICKCAST_LAKE__URL" in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_msk_iam_auth_builds_a_token_provider() -> None:
+    from kafka.net.sasl.oauth import AbstractTokenProvider
+
+    from tickcast.kafka import common_config
+    from tickcast.settings import KafkaSettings
+
+    config = common_config(
+        KafkaSettings(security_protocol="SASL_SSL", sasl_mechanism="OAUTHBEARER", aws_region="us-east-1")
+    )
+    assert config["sasl_mechanism"] == "OAUTHBEARER"
+    assert isinstance(config["sasl_oauth_token_provider"], AbstractTokenProvider)
