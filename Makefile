@@ -11,6 +11,8 @@ STAMP := $(VENV)/.tickcast-installed
 setup: $(STAMP)
 	@bash scripts/install-system-deps.sh
 	@$(BIN)/tickcast infra install
+	@bash scripts/setup-chart-tools.sh
+	@bash pulumi/setup.sh
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
