@@ -1,0 +1,28 @@
+{{/*
+Checks across values that values.schema.json cannot express, each failing with what to change.
+Included once, from configmap.yaml.
+*/}}
+{{- define "tickcast.validate" -}}
+{{- $c := .Values.consumer.autoscaling }}
+{{- if and .Values.consumer.enabled $c.enabled (gt (int $c.minReplicas) (int $c.maxReplicas)) }}
+{{- fail (printf "consumer.autoscaling.minReplicas (%d) is above consumer.autoscaling.maxReplicas (%d): lower minReplicas or raise maxReplicas" (int $c.minReplicas) (int $c.maxReplicas)) }}
+{{- end }}
+{{- $wg := .Values.rayService.workerGroup }}
+{{- if .Values.rayService.enabled }}
+{{- if gt (int $wg.minReplicas) (int $wg.maxReplicas) }}
+{{- fail (printf "rayService.workerGroup.minReplicas (%d) is above rayService.workerGroup.maxReplicas (%d)" (int $wg.minReplicas) (int $wg.maxReplicas)) }}
+{{- end }}
+{{- if or (lt (int $wg.replicas) (int $wg.minReplicas)) (gt (int $wg.replicas) (int $wg.maxReplicas)) }}
+{{- fail (printf "rayService.workerGroup.replicas (%d) must lie within minReplicas (%d) and maxReplicas (%d)" (int $wg.replicas) (int $wg.minReplicas) (int $wg.maxReplicas)) }}
+{{- end }}
+{{- if and (eq (int $wg.gpus) 0) (gt (float64 .Values.config.serving.num_gpus) 0.0) }}
+{{- fail (printf "config.serving.num_gpus is %v but rayService.workerGroup.gpus is 0, so no Serve replica could ever be placed: set config.serving.num_gpus to 0 for a CPU worker group, or give the workers GPUs" .Values.config.serving.num_gpus) }}
+{{- end }}
+{{- end }}
+{{- if and .Values.rayService.enabled (not (has .Values.rayService.serve.proxyLocation (list "EveryNode" "HeadOnly"))) (or .Values.forecaster.enabled .Values.dashboard.enabled) }}
+{{- fail "rayService.serve.proxyLocation is Disabled but the forecaster or dashboard call Serve over HTTP: use EveryNode or HeadOnly" }}
+{{- end }}
+{{- if and (or .Values.forecaster.enabled .Values.dashboard.enabled) (not .Values.rayService.enabled) (not .Values.config.serving.url) }}
+{{- fail "rayService.enabled is false, so the forecaster and dashboard need config.serving.url pointing at a Serve endpoint elsewhere" }}
+{{- end }}
+{{- end }}
