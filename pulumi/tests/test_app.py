@@ -14,6 +14,14 @@ import yaml
 
 from conftest import PULUMI_DIR, Deployment, RecordingMocks, run_program, stack_file_config, with_secret
 from tickcast_infra.app import CHART_COMPONENTS, ChartInputs, DashboardIngress, _ingress_url, chart_values
+from tickcast_infra.chart_names import (
+    CHART_WORKLOADS,
+    DASHBOARD_INGRESS_NAME,
+    RELEASE_NAME,
+    SERVE_SERVICE_NAME,
+    service_account_name,
+)
+from tickcast_infra.iam import WORKLOADS
 
 
 def _values(deployment: Deployment) -> dict:
@@ -23,7 +31,7 @@ def _values(deployment: Deployment) -> dict:
 def test_release_installs_the_local_chart(deployment: Deployment) -> None:
     release = deployment.one("kubernetes:helm.sh/v3:Release", "tickcast").inputs
     assert release["chart"] == "../helm/tickcast"
-    assert release["name"] == "tickcast"
+    assert release["name"] == RELEASE_NAME == "tickcast"
     assert release["namespace"] == deployment.one("kubernetes:core/v1:Namespace").inputs["metadata"]["name"]
 
 
@@ -41,6 +49,8 @@ def test_lake_and_kafka_values_come_from_the_created_resources(deployment: Deplo
         "OAUTHBEARER",
         "",
     )
+    # the MSK IAM token provider signs for the cluster's region
+    assert kafka["aws_region"] == deployment.config["aws:region"]
 
 
 def test_each_component_gets_its_own_role_and_image(deployment: Deployment) -> None:
@@ -52,7 +62,8 @@ def test_each_component_gets_its_own_role_and_image(deployment: Deployment) -> N
     for section, (image, workload) in CHART_COMPONENTS.items():
         account = values[section]["serviceAccount"]
         role = deployment.one("aws:iam/role:Role", workload)
-        assert account == {"create": True, "name": f"tickcast-{workload}", "roleArn": role.outputs["arn"]}
+        assert account == {"create": True, "name": service_account_name(workload), "roleArn": role.outputs["arn"]}
+        assert account["name"] == f"tickcast-{workload}"
         if image is not None:
             assert values[section]["image"] == {"repository": repos[image]}
     assert values["image"] == {"tag": deployment.config.get("tickcast:imageTag", "0.1.0")}
@@ -84,7 +95,7 @@ def test_dashboard_ingress_and_url(dev: Deployment, prod: Deployment) -> None:
     assert dev_ingress["scheme"] == "internet-facing"
     assert dev_ingress["annotations"] == {"alb.ingress.kubernetes.io/inbound-cidrs": "0.0.0.0/0"}
     read = dev.one("kubernetes:networking.k8s.io/v1:Ingress")
-    assert read.read and read.name == "tickcast-dashboard"
+    assert read.read and read.name == DASHBOARD_INGRESS_NAME == "tickcast-dashboard"
     assert dev.outputs["dashboardUrl"] == "http://k8s-tickcast-dashboard-1234.elb.amazonaws.com"
 
     prod_ingress = _values(prod)["dashboard"]["ingress"]
@@ -98,7 +109,15 @@ def test_stack_outputs(deployment: Deployment) -> None:
     outputs = deployment.outputs
     for key in ("kubeconfig", "dashboardUrl", "serveEndpoint", "bucketName", "bootstrapServers"):
         assert outputs[key], key
-    assert outputs["serveEndpoint"] == "http://tickcast-serving-serve-svc.tickcast.svc:8000"
+    namespace = deployment.config.get("tickcast:namespace", "tickcast")
+    assert outputs["serveEndpoint"] == f"http://{SERVE_SERVICE_NAME}.{namespace}.svc:8000"
+    assert SERVE_SERVICE_NAME == "tickcast-serving-serve-svc"
+
+
+def test_every_chart_workload_has_a_role_and_every_role_a_chart_section() -> None:
+    """chart_names.CHART_WORKLOADS (what tests/helm checks the chart against) matches iam.WORKLOADS."""
+    assert set(CHART_WORKLOADS.values()) == set(WORKLOADS)
+    assert {section: workload for section, (_, workload) in CHART_COMPONENTS.items()} == CHART_WORKLOADS
 
 
 def test_release_waits_for_addons_topics_and_secret(dev: Deployment) -> None:
@@ -159,13 +178,6 @@ def _leaf_paths(values: dict, prefix: str = "") -> list[str]:
 
 CHART_VALUES = PULUMI_DIR.parent / "helm" / "tickcast" / "values.yaml"
 
-PENDING_IN_CHART = {f"{section}.serviceAccount" for section in CHART_COMPONENTS}
-"""Values the chart does not have yet: one service account (and IRSA role) per workload.
-
-The chart renders a single ServiceAccount for every pod, which would make per-workload least
-privilege impossible; Pulumi already passes one per component. Remove entries as the chart
-gains them; anything else missing from values.yaml fails the test."""
-
 
 @pytest.mark.skipif(not CHART_VALUES.exists(), reason="helm/tickcast/values.yaml is not in this checkout")
 def test_every_value_pulumi_sets_is_a_key_of_the_chart(dev: Deployment) -> None:
@@ -178,8 +190,7 @@ def test_every_value_pulumi_sets_is_a_key_of_the_chart(dev: Deployment) -> None:
                 missing.append(path)
                 break
             node = node[part]
-    unexpected = sorted(p for p in missing if not p.startswith(tuple(f"{g}." for g in PENDING_IN_CHART)))
-    assert not unexpected, f"values Pulumi sets that helm/tickcast/values.yaml lacks: {unexpected}"
+    assert not missing, f"values Pulumi sets that helm/tickcast/values.yaml lacks: {sorted(missing)}"
 
 
 CHART_SCHEMA = CHART_VALUES.with_name("values.schema.json")
@@ -209,11 +220,7 @@ def _whole_numbers(value: object) -> object:
 
 @pytest.mark.skipif(not CHART_SCHEMA.exists(), reason="helm/tickcast/values.schema.json is not in this checkout")
 def test_values_pulumi_passes_satisfy_the_chart_schema(deployment: Deployment) -> None:
-
     ours = _whole_numbers(_values(deployment))
-    for pending in PENDING_IN_CHART:
-        section, key = pending.split(".")
-        ours[section].pop(key, None)
     merged = _merge(yaml.safe_load(CHART_VALUES.read_text()), ours)
     validator = jsonschema.Draft7Validator(json.loads(CHART_SCHEMA.read_text()))
     errors = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(merged)]

@@ -13,6 +13,7 @@ key                                                from
 ``config.kafka.bootstrap_servers``                 the MSK IAM bootstrap brokers (port 9098)
 ``config.kafka.security_protocol/sasl_mechanism``  ``SASL_SSL`` / ``OAUTHBEARER`` (MSK IAM auth)
 ``config.kafka.sasl_username``                     empty (IAM needs none)
+``config.kafka.aws_region``                        the region (signs the MSK IAM tokens)
 ``config.kafka.partitions/replication_factor/retention_hours``  the topic settings
 ``config.lake.url`` / ``config.lake.s3_region``    ``s3://BUCKET/PREFIX`` / the region
 ``secrets.existingSecret``                         the Secret this component creates
@@ -26,6 +27,9 @@ key                                                from
 
 Components and the workload (IAM role, service account) each runs as: producer, consumer,
 forecaster, dashboard, rayService (role ``serving``) and jobs (Ray batch jobs, role ``batch``).
+The release name, those service accounts and the names of the objects read back (the dashboard
+Ingress, the Serve Service) are in :mod:`tickcast_infra.chart_names`, which tests/helm checks
+against what the chart renders.
 """
 
 from __future__ import annotations
@@ -38,28 +42,33 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from tickcast_infra.addons import KUBERAY_NAMESPACE
+from tickcast_infra.chart_names import (
+    CHART_WORKLOADS,
+    DASHBOARD_INGRESS_NAME,
+    RELEASE_NAME,
+    serve_endpoint,
+    service_account_name,
+)
 from tickcast_infra.cluster import CPU_LABELS, GPU_LABELS, GPU_TOLERATION, NODE_POOL_LABEL
-from tickcast_infra.iam import KAFKA_ADMIN, service_account_name
+from tickcast_infra.iam import KAFKA_ADMIN
 from tickcast_infra.kafka import SASL_MECHANISM, SECURITY_PROTOCOL
 
-RELEASE_NAME = "tickcast"
 SECRETS_NAME = "tickcast-pulumi-secrets"
 """The Secret handed to the chart as ``secrets.existingSecret``; keys are setting variables."""
 POLYGON_API_KEY_VARIABLE = "TICKCAST_POLYGON__API_KEY"
-DASHBOARD_INGRESS_NAME = f"{RELEASE_NAME}-dashboard"
-"""The chart's dashboard Ingress (``<fullname>-dashboard``); its load balancer gives the URL."""
-RAY_SERVICE_NAME = f"{RELEASE_NAME}-serving"
-"""The chart's RayService (``<fullname>-serving``); KubeRay's Serve Service is ``<name>-serve-svc``."""
-SERVE_PORT = 8000
 
-# chart section -> (image, workload); the jobs run the serving image, set by rayService.image.
+# Chart section -> its image: the jobs run the serving image, set by rayService.image.
+CHART_IMAGES: dict[str, str | None] = {
+    "producer": "producer",
+    "consumer": "consumer",
+    "forecaster": "forecaster",
+    "dashboard": "dashboard",
+    "rayService": "serving",
+    "jobs": None,
+}
+# chart section -> (image, workload); the names of objects read back live in chart_names.
 CHART_COMPONENTS: dict[str, tuple[str | None, str]] = {
-    "producer": ("producer", "producer"),
-    "consumer": ("consumer", "consumer"),
-    "forecaster": ("forecaster", "forecaster"),
-    "dashboard": ("dashboard", "dashboard"),
-    "rayService": ("serving", "serving"),
-    "jobs": (None, "batch"),
+    section: (CHART_IMAGES[section], workload) for section, workload in CHART_WORKLOADS.items()
 }
 
 
@@ -124,6 +133,7 @@ def chart_values(inputs: ChartInputs) -> dict[str, Any]:
             "security_protocol": SECURITY_PROTOCOL,
             "sasl_mechanism": SASL_MECHANISM,
             "sasl_username": "",
+            "aws_region": inputs.region,
             "partitions": inputs.kafka_partitions,
             "replication_factor": inputs.kafka_replication_factor,
             "retention_hours": inputs.kafka_retention_hours,
@@ -207,7 +217,7 @@ class TickcastApp(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[namespace, *before_release]),
         )
 
-        self.serve_endpoint = f"http://{RAY_SERVICE_NAME}-serve-svc.{args.namespace}.svc:{SERVE_PORT}"
+        self.serve_endpoint = serve_endpoint(args.namespace)
         dashboard = args.chart.dashboard
         scheme = "https" if dashboard.certificate_arn else "http"
         if dashboard.host:
@@ -236,6 +246,7 @@ class TickcastApp(pulumi.ComponentResource):
             "TICKCAST_KAFKA__BOOTSTRAP_SERVERS": args.chart.bootstrap_servers,
             "TICKCAST_KAFKA__SECURITY_PROTOCOL": SECURITY_PROTOCOL,
             "TICKCAST_KAFKA__SASL_MECHANISM": SASL_MECHANISM,
+            "TICKCAST_KAFKA__AWS_REGION": args.chart.region,
             "TICKCAST_KAFKA__PARTITIONS": str(args.chart.kafka_partitions),
             "TICKCAST_KAFKA__REPLICATION_FACTOR": str(args.chart.kafka_replication_factor),
             "TICKCAST_KAFKA__RETENTION_HOURS": str(args.chart.kafka_retention_hours),

@@ -15,6 +15,8 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
+from tickcast_infra.chart_names import service_account_name
+
 # Topic and consumer-group names, the defaults of tickcast.settings.KafkaSettings and the
 # services' group ids (TICKCAST_KAFKA__TOPIC_*, TICKCAST_CONSUMER__GROUP_ID, ...).
 TOPIC_BARS = "bars"
@@ -74,8 +76,8 @@ WORKLOADS: dict[str, WorkloadAccess] = {
     ),
     # Ray Serve: loads models/ (and bars for on-demand context); writes nothing.
     "serving": WorkloadAccess(lake_read=(WHOLE_LAKE,)),
-    # Streamlit: reads everything, writes nothing.
-    "dashboard": WorkloadAccess(lake_read=(WHOLE_LAKE,)),
+    # Streamlit: reads the lake and the newest dead-letter records (no consumer group); writes nothing.
+    "dashboard": WorkloadAccess(lake_read=(WHOLE_LAKE,), kafka_read=(TOPIC_DLQ,)),
     # Ray batch jobs: backtests, batch forecasts and fine-tuning.
     "batch": WorkloadAccess(lake_read=(WHOLE_LAKE,), lake_write=("forecasts", "reports", "models")),
 }
@@ -83,11 +85,6 @@ WORKLOADS: dict[str, WorkloadAccess] = {
 KAFKA_ADMIN = "kafka-admin"
 KAFKA_ADMIN_ACCESS = WorkloadAccess(kafka_create_topics=TOPICS)
 """The topic-creation Job's access (MSK Serverless only; provisioned clusters use the MSK topic API)."""
-
-
-def service_account_name(workload: str) -> str:
-    """The Kubernetes service account a workload runs as, e.g. ``tickcast-producer``."""
-    return f"tickcast-{workload}"
 
 
 @dataclass(frozen=True)

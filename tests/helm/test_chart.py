@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import importlib.util
 import json
 import os
 import re
@@ -39,6 +40,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART = REPO_ROOT / "helm" / "tickcast"
 README = REPO_ROOT / "helm" / "README.md"
 KUBERAY_CRDS = REPO_ROOT.parent / "shared" / "kuberay-crds" / "v1.7.0"
+#: The names the Pulumi program reads back from the release it installs (plain Python).
+PULUMI_CHART_NAMES = REPO_ROOT / "pulumi" / "tickcast_infra" / "chart_names.py"
 #: The EKS version the chart targets (kubernetes-validate ships schemas up to 1.37).
 KUBE_VERSION = "1.33.0"
 RELEASE = "tickcast"
@@ -410,13 +413,133 @@ def test_services_have_probes_on_their_health_endpoints(rendered: Rendered) -> N
             assert str(port_names[get["port"]]) == ports[component]
 
 
-def test_serviceaccount_carries_the_irsa_role(rendered: Rendered) -> None:
-    account = _one(rendered["production"], "ServiceAccount")
-    role = _values("production")["serviceAccount"]["roleArn"]
-    assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] == role
-    assert account["automountServiceAccountToken"] is False
-    for _, _, spec in _pod_specs(rendered["production"]):
-        assert spec["serviceAccountName"] == account["metadata"]["name"]
+#: Values section -> the workload its pods run as (the suffix of its ServiceAccount's default name).
+SERVICE_ACCOUNT_SECTIONS = {
+    "producer": "producer",
+    "consumer": "consumer",
+    "forecaster": "forecaster",
+    "dashboard": "dashboard",
+    "rayService": "serving",
+    "jobs": "batch",
+}
+
+
+def _section_of(pod_label: str) -> str:
+    """The values section whose ServiceAccount a pod (a ``_pod_specs`` label) runs as."""
+    kind, name = pod_label.split("/")[:2]
+    if kind == "Deployment":
+        return name.rsplit("-", 1)[1]
+    return "rayService" if kind == "RayService" else "jobs"  # CronJob backtest, RayJob fine-tune
+
+
+def _accounts(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == "ServiceAccount"}
+
+
+def test_each_workload_runs_as_its_own_serviceaccount_with_its_own_irsa_role(rendered: Rendered) -> None:
+    docs = rendered["production"]
+    values = _values("production")
+    accounts = _accounts(docs)
+    assert len(accounts) == len(SERVICE_ACCOUNT_SECTIONS)
+    used: dict[str, str] = {}
+    for label, _, spec in _pod_specs(docs):
+        section = _section_of(label)
+        name = spec["serviceAccountName"]
+        assert name == f"{RELEASE}-{SERVICE_ACCOUNT_SECTIONS[section]}", label
+        assert used.setdefault(section, name) == name, f"{label}: pods of one workload share one ServiceAccount"
+        role = values[section]["serviceAccount"]["roleArn"]
+        assert accounts[name]["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] == role, label
+    assert set(used) == set(SERVICE_ACCOUNT_SECTIONS)
+    assert len({a["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] for a in accounts.values()}) == 6
+    for account in accounts.values():
+        assert account["automountServiceAccountToken"] is False
+
+
+def test_serviceaccount_defaults_existing_accounts_and_disabled_workloads(chart: Any) -> None:
+    shared = "arn:aws:iam::123456789012:role/tickcast-shared"
+    docs = _docs(
+        _render(
+            chart,
+            {
+                "serviceAccount": {"roleArn": shared, "annotations": {"team": "markets"}},
+                "producer": {"serviceAccount": {"create": False, "name": "feed-writer"}},
+                "consumer": {"serviceAccount": {"roleArn": "arn:aws:iam::123456789012:role/sink"}},
+                "forecaster": {"enabled": False},
+            },
+        )
+    )
+    accounts = _accounts(docs)
+    # the producer uses an existing account; the disabled forecaster gets none
+    assert set(accounts) == {f"{RELEASE}-{w}" for w in ("consumer", "dashboard", "serving", "batch")}
+    for name, account in accounts.items():
+        annotations = account["metadata"]["annotations"]
+        expected = "arn:aws:iam::123456789012:role/sink" if name.endswith("-consumer") else shared
+        assert annotations == {"eks.amazonaws.com/role-arn": expected, "team": "markets"}, name
+    producer = _one(docs, "Deployment", "-producer")["spec"]["template"]["spec"]
+    assert producer["serviceAccountName"] == "feed-writer"
+    default_accounts = _accounts(_docs(_render(chart)))
+    assert all("annotations" not in a["metadata"] for a in default_accounts.values())
+
+
+def _pulumi_chart_names() -> ModuleType:
+    """pulumi/tickcast_infra/chart_names.py: plain Python, loaded without Pulumi or its package."""
+    spec = importlib.util.spec_from_file_location("pulumi_chart_names", PULUMI_CHART_NAMES)
+    assert spec and spec.loader, PULUMI_CHART_NAMES
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("explicit_names", [True, False], ids=["pulumi-values", "chart-defaults"])
+def test_chart_renders_the_names_pulumi_relies_on(chart: Any, explicit_names: bool) -> None:
+    """The release Pulumi installs renders the names pulumi/tickcast_infra/chart_names.py reads back.
+
+    Pulumi reads the dashboard Ingress (dashboardUrl) and derives the Serve Service
+    (serveEndpoint) by name, and trusts each IRSA role to one ServiceAccount name. The values
+    have the shape of pulumi/tickcast_infra/app.py's chart_values(); the chart's default
+    ServiceAccount names must match too, so leaving them out would not break IRSA.
+    """
+    names = _pulumi_chart_names()
+    assert set(names.CHART_WORKLOADS.items()) == set(SERVICE_ACCOUNT_SECTIONS.items())
+    roles = {w: f"arn:aws:iam::123456789012:role/tickcast-dev-{w}" for w in names.CHART_WORKLOADS.values()}
+    values: dict[str, Any] = {
+        section: {
+            "serviceAccount": {"create": True, "roleArn": roles[workload]}
+            | ({"name": names.service_account_name(workload)} if explicit_names else {}),
+        }
+        for section, workload in names.CHART_WORKLOADS.items()
+    }
+    values["config"] = {
+        "kafka": {
+            "bootstrap_servers": "b-1.tickcast-dev.abc123.c2.kafka.us-east-1.amazonaws.com:9098",
+            "security_protocol": "SASL_SSL",
+            "sasl_mechanism": "OAUTHBEARER",
+            "sasl_username": "",
+            "aws_region": "us-east-1",
+        },
+        "lake": {"url": "s3://tickcast-dev-lake/tickcast", "s3_region": "us-east-1"},
+    }
+    values["secrets"] = {"existingSecret": "tickcast-pulumi-secrets"}
+    values["dashboard"]["ingress"] = {"enabled": True, "className": "alb", "scheme": "internet-facing"}
+    values["jobs"]["finetune"] = {"enabled": True}
+    docs = _docs(chart.render(values=values, name=names.RELEASE_NAME, namespace=NAMESPACE, is_install=True))
+
+    assert _one(docs, "Ingress")["metadata"]["name"] == names.DASHBOARD_INGRESS_NAME
+    rayservice = _one(docs, "RayService")
+    assert rayservice["metadata"]["name"] == names.RAY_SERVICE_NAME
+    # KubeRay names the Serve Service <rayservice>-serve-svc; the chart's clients use it too
+    assert f"{rayservice['metadata']['name']}-serve-svc" == names.SERVE_SERVICE_NAME
+    configmap = _one(docs, "ConfigMap")["data"]
+    assert configmap["TICKCAST_SERVING__URL"] == names.serve_endpoint(NAMESPACE)
+    assert int(configmap["TICKCAST_SERVING__PORT"]) == names.SERVE_PORT
+    assert configmap["TICKCAST_KAFKA__AWS_REGION"] == "us-east-1"
+
+    accounts = _accounts(docs)
+    expected = {names.service_account_name(w): roles[w] for w in names.CHART_WORKLOADS.values()}
+    assert {n: a["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] for n, a in accounts.items()} == expected
+    for label, _, spec in _pod_specs(docs):
+        workload = names.CHART_WORKLOADS[_section_of(label)]
+        assert spec["serviceAccountName"] == names.service_account_name(workload), label
 
 
 def test_consumer_hpa_owns_the_replica_count(rendered: Rendered) -> None:
@@ -530,6 +653,10 @@ def test_ingress_is_an_alb(rendered: Rendered) -> None:
         ({"rayService": {"upgradeStrategy": "Rolling"}}, ["/rayService/upgradeStrategy", "NewCluster"]),
         ({"dashboard": {"ingress": {"scheme": "public"}}}, ["/dashboard/ingress/scheme", "internet-facing"]),
         ({"serviceAccount": {"roleArn": "tickcast-role"}}, ["/serviceAccount/roleArn"]),
+        ({"serviceAccount": {"create": False}}, ["/serviceAccount", "'create' not allowed"]),
+        ({"producer": {"serviceAccount": {"roleArn": "producer"}}}, ["/producer/serviceAccount/roleArn"]),
+        ({"jobs": {"serviceAccount": {"name": "Batch_Jobs"}}}, ["/jobs/serviceAccount/name"]),
+        ({"rayService": {"serviceAccount": {"role": "x"}}}, ["/rayService/serviceAccount", "'role' not allowed"]),
         ({"producer": {"image": {"digest": "latest"}}}, ["/producer/image/digest"]),
         ({"image": {"pullPolicy": "Sometimes"}}, ["/image/pullPolicy", "IfNotPresent"]),
         ({"jobs": {"finetune": {"runId": "Run_1"}}}, ["/jobs/finetune/runId"]),
@@ -550,6 +677,15 @@ def test_values_schema_rejects_bad_values(helm: Any, chart: Any, values: dict[st
         ({"rayService": {"workerGroup": {"gpus": 0}}}, "num_gpus is 1 but rayService.workerGroup.gpus is 0"),
         ({"rayService": {"workerGroup": {"replicas": 9}}}, "rayService.workerGroup.replicas (9) must lie within"),
         ({"rayService": {"enabled": False}}, "need config.serving.url"),
+        ({"producer": {"serviceAccount": {"create": False}}}, "producer.serviceAccount.name is required"),
+        (
+            {"consumer": {"serviceAccount": {"name": "shared"}}, "dashboard": {"serviceAccount": {"name": "shared"}}},
+            'consumer.serviceAccount and dashboard.serviceAccount both create the ServiceAccount "shared"',
+        ),
+        (
+            {"config": {"kafka": {"security_protocol": "SSL", "sasl_mechanism": "OAUTHBEARER"}}},
+            "OAUTHBEARER (Amazon MSK IAM) needs config.kafka.security_protocol SASL_SSL",
+        ),
     ],
 )
 def test_cross_value_checks_fail_with_a_fix(helm: Any, chart: Any, values: dict[str, Any], expected: str) -> None:

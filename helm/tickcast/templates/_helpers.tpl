@@ -68,11 +68,39 @@ app.kubernetes.io/component: {{ .component }}
 app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
+{{/*
+Every workload runs as its own ServiceAccount (its own IRSA role): values section -> the
+workload name that suffixes the default ServiceAccount name (FULLNAME-WORKLOAD).
+*/}}
+{{- define "tickcast.serviceAccountWorkloads" -}}
+producer: producer
+consumer: consumer
+forecaster: forecaster
+dashboard: dashboard
+rayService: serving
+jobs: batch
+{{- end }}
+
+{{/* Whether a values section's workload is deployed. Args: dict "root" $ "section" NAME. Renders "true" or "". */}}
+{{- define "tickcast.sectionEnabled" -}}
+{{- $v := index .root.Values .section }}
+{{- if eq .section "jobs" }}
+{{- if or $v.backtest.enabled $v.finetune.enabled }}true{{ end }}
+{{- else if $v.enabled }}true{{ end }}
+{{- end }}
+
+{{/*
+The ServiceAccount a values section's pods run as: SECTION.serviceAccount.name, else
+FULLNAME-WORKLOAD (tickcast-producer, ..., tickcast-serving, tickcast-batch for a release
+named tickcast). Args: dict "root" $ "section" NAME.
+*/}}
 {{- define "tickcast.serviceAccountName" -}}
-{{- if .Values.serviceAccount.create }}
-{{- default (include "tickcast.fullname" .) .Values.serviceAccount.name }}
+{{- $sa := (index .root.Values .section).serviceAccount }}
+{{- $workload := index (include "tickcast.serviceAccountWorkloads" . | fromYaml) .section }}
+{{- if $sa.create }}
+{{- default (include "tickcast.componentName" (dict "root" .root "component" $workload)) $sa.name }}
 {{- else }}
-{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- required (printf "%s.serviceAccount.name is required when %s.serviceAccount.create is false: name an existing ServiceAccount, or set create to true" .section .section) $sa.name }}
 {{- end }}
 {{- end }}
 
@@ -265,7 +293,7 @@ sub-command) "port" PORT "portName" NAME "probePath" PATH "secrets" (list) "kafk
 {{- define "tickcast.servicePodSpec" -}}
 {{- $root := .root }}
 {{- $v := .values }}
-serviceAccountName: {{ include "tickcast.serviceAccountName" $root }}
+serviceAccountName: {{ include "tickcast.serviceAccountName" (dict "root" $root "section" .component) }}
 automountServiceAccountToken: false
 enableServiceLinks: false
 terminationGracePeriodSeconds: {{ $v.terminationGracePeriodSeconds }}

@@ -7,7 +7,8 @@ probes (raylet, GCS and Serve proxy health) when none are given, so none are set
 {{/*
 Args: dict "root" $ "component" NAME "container" NAME "resources" MAP "gpus" N
 "nodeSelector" MAP "tolerations" LIST "affinity" MAP "automountToken" BOOL
-"head" BOOL "podAnnotations" MAP "secrets" LIST
+"head" BOOL "podAnnotations" MAP "secrets" LIST "section" (values section whose ServiceAccount
+the pods run as: rayService or jobs)
 */}}
 {{- define "tickcast.rayPodTemplate" -}}
 {{- $root := .root }}
@@ -33,7 +34,7 @@ metadata:
     {{- toYaml . | nindent 4 }}
     {{- end }}
 spec:
-  serviceAccountName: {{ include "tickcast.serviceAccountName" $root }}
+  serviceAccountName: {{ include "tickcast.serviceAccountName" (dict "root" $root "section" .section) }}
   automountServiceAccountToken: {{ .automountToken }}
   enableServiceLinks: false
   securityContext:

@@ -3,6 +3,21 @@ Checks across values that values.schema.json cannot express, each failing with w
 Included once, from configmap.yaml.
 */}}
 {{- define "tickcast.validate" -}}
+{{- $accounts := dict }}
+{{- range $section, $_ := include "tickcast.serviceAccountWorkloads" . | fromYaml }}
+{{- $sa := (index $.Values $section).serviceAccount }}
+{{- if and $sa.create (include "tickcast.sectionEnabled" (dict "root" $ "section" $section)) }}
+{{- $name := include "tickcast.serviceAccountName" (dict "root" $ "section" $section) }}
+{{- if hasKey $accounts $name }}
+{{- fail (printf "%s.serviceAccount and %s.serviceAccount both create the ServiceAccount %q: give them different names, or set create to false on one and share it" (get $accounts $name) $section $name) }}
+{{- end }}
+{{- $_ := set $accounts $name $section }}
+{{- end }}
+{{- end }}
+{{- $k := .Values.config.kafka }}
+{{- if and (eq ($k.sasl_mechanism | toString) "OAUTHBEARER") (ne $k.security_protocol "SASL_SSL") }}
+{{- fail (printf "config.kafka.sasl_mechanism OAUTHBEARER (Amazon MSK IAM) needs config.kafka.security_protocol SASL_SSL, not %s: MSK's IAM listener (port 9098) is TLS only" $k.security_protocol) }}
+{{- end }}
 {{- $c := .Values.consumer.autoscaling }}
 {{- if and .Values.consumer.enabled $c.enabled (gt (int $c.minReplicas) (int $c.maxReplicas)) }}
 {{- fail (printf "consumer.autoscaling.minReplicas (%d) is above consumer.autoscaling.maxReplicas (%d): lower minReplicas or raise maxReplicas" (int $c.minReplicas) (int $c.maxReplicas)) }}
