@@ -1,0 +1,213 @@
+"""The README's first command, run exactly as written: the whole platform end to end.
+
+It starts the platform in the background, waits until forecasts show on the dashboard in
+headless Chromium, checks the lake with DuckDB, stops the platform with Ctrl-C (SIGINT),
+checks nothing is left running, starts it again, stops it again, and checks that nothing
+was duplicated. Ports and folders are moved off the defaults with TICKCAST_* variables so
+the test never collides with a platform a developer has running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import duckdb
+import pytest
+from conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+
+
+def readme_up_command() -> str:
+    """The first command of the README's quickstart block."""
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"## Quickstart\s+```bash\n(.*?)```", text, re.S)
+    assert block, "README has no Quickstart bash block"
+    first = block.group(1).strip().splitlines()[0]
+    return first.split("#", 1)[0].strip()
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout_s: float, proc: subprocess.Popen[bytes], log: Path) -> float:
+    """Poll ``check`` until true; fail with the platform's log when it dies or times out."""
+    started = time.monotonic()
+    while not check():
+        if proc.poll() is not None:
+            pytest.fail(f"platform exited ({proc.returncode}) while waiting for {what}:\n{log.read_text()[-4000:]}")
+        if time.monotonic() - started > timeout_s:
+            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}:\n{log.read_text()[-4000:]}")
+        time.sleep(1.0)
+    return time.monotonic() - started
+
+
+def lake_count(lake: Path, sql: str) -> int:
+    """Run ``sql`` (with {bars} / {forecasts} placeholders) over the lake; 0 when empty."""
+    tables = {
+        "bars": f"read_parquet('{lake}/bars/**/*.parquet', hive_partitioning=true)",
+        "forecasts": f"read_parquet('{lake}/forecasts/**/*.parquet', hive_partitioning=true)",
+    }
+    for name in tables:
+        if f"{{{name}}}" in sql and not list((lake / name).rglob("*.parquet")):
+            return 0
+    return int(duckdb.sql(sql.format(**tables)).fetchall()[0][0])
+
+
+def processes_with(marker: str) -> list[str]:
+    """Command lines of live processes that mention ``marker``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker in cmd and state != "Z":
+            found.append(f"{entry.name}: {cmd[:200]}")
+    return found
+
+
+def dashboard_shows_forecast(url: str, screenshot: Path) -> bool:
+    """Open the dashboard in headless Chromium; True when the forecast band is drawn."""
+    from playwright.sync_api import sync_playwright
+
+    from dashboard.charts import BAND_NAME
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url, wait_until="domcontentloaded", timeout=60_000)
+            try:
+                page.get_by_text(BAND_NAME).first.wait_for(timeout=45_000)
+            except Exception:
+                page.screenshot(path=str(screenshot.with_name("platform-no-band.png")), full_page=True)
+                return False
+            page.screenshot(path=str(screenshot), full_page=True)
+            return True
+        finally:
+            browser.close()
+
+
+def test_readme_up_runs_the_whole_platform_and_resumes(tmp_path: Path) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    state, lake = tmp_path / "state", tmp_path / "lake"
+    ports = {name: free_port() for name in ("kafka", "ctrl", "serve", "prod", "cons", "fcst", "dash")}
+    env = {
+        **os.environ,
+        "TICKCAST_INFRA__STATE_DIR": str(state),
+        "TICKCAST_LAKE__URL": f"file://{lake}",
+        "TICKCAST_INFRA__KAFKA_PORT": str(ports["kafka"]),
+        "TICKCAST_INFRA__KAFKA_CONTROLLER_PORT": str(ports["ctrl"]),
+        "TICKCAST_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{ports['kafka']}",
+        "TICKCAST_SERVING__PORT": str(ports["serve"]),
+        "TICKCAST_SERVING__URL": f"http://127.0.0.1:{ports['serve']}",
+        "TICKCAST_PRODUCER__METRICS_PORT": str(ports["prod"]),
+        "TICKCAST_CONSUMER__METRICS_PORT": str(ports["cons"]),
+        "TICKCAST_FORECASTER__METRICS_PORT": str(ports["fcst"]),
+        "TICKCAST_DASHBOARD__PORT": str(ports["dash"]),
+        "TICKCAST_DASHBOARD__PRODUCER_URL": f"http://127.0.0.1:{ports['prod']}",
+        "TICKCAST_DASHBOARD__CONSUMER_URL": f"http://127.0.0.1:{ports['cons']}",
+        "TICKCAST_DASHBOARD__FORECASTER_URL": f"http://127.0.0.1:{ports['fcst']}",
+        "TICKCAST_CONSUMER__FLUSH_INTERVAL_S": "5",
+    }
+    command = readme_up_command()
+    timings: dict[str, float] = {}
+
+    def start(log: Path) -> subprocess.Popen[bytes]:
+        with log.open("wb") as out:
+            return subprocess.Popen(
+                command, shell=True, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def stop(proc: subprocess.Popen[bytes], log: Path) -> None:
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
+        try:
+            proc.wait(timeout=180)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"platform did not stop within 180 s of Ctrl-C:\n{log.read_text()[-4000:]}")
+        leftovers = processes_with(str(state))
+        assert not leftovers, "orphan processes after Ctrl-C:\n" + "\n".join(leftovers)
+
+    # -- first run ---------------------------------------------------------------------
+    log1 = tmp_path / "up-1.log"
+    proc = start(log1)
+    try:
+        timings["first_forecast_s"] = wait_for(
+            "the first forecast in the lake",
+            lambda: lake_count(lake, "select count(*) from {forecasts}") > 0,
+            600,
+            proc,
+            log1,
+        )
+        dashboard = f"http://127.0.0.1:{ports['dash']}"
+        wait_for(
+            "the dashboard", lambda: "running" in log1.read_text() or "platform up" in log1.read_text(), 120, proc, log1
+        )
+        shown = False
+        for _ in range(4):
+            shown = dashboard_shows_forecast(dashboard, ARTIFACTS / "platform-live.png")
+            if shown:
+                break
+            time.sleep(5)
+        assert shown, "the dashboard never drew the forecast band"
+        bars_1 = lake_count(lake, "select count(*) from {bars}")
+        assert bars_1 > 0
+        assert bars_1 == lake_count(lake, "select count(distinct (ticker, interval, start)) from {bars}")
+    finally:
+        stop(proc, log1)
+    bars_after_stop = lake_count(lake, "select count(*) from {bars}")
+    forecasts_after_stop = lake_count(lake, "select count(distinct forecast_id) from {forecasts}")
+
+    # -- second run resumes ------------------------------------------------------------
+    log2 = tmp_path / "up-2.log"
+    proc = start(log2)
+    try:
+        wait_for(
+            "new bars after the restart",
+            lambda: lake_count(lake, "select count(*) from {bars}") > bars_after_stop,
+            300,
+            proc,
+            log2,
+        )
+        wait_for(
+            "new forecasts after the restart",
+            lambda: lake_count(lake, "select count(distinct forecast_id) from {forecasts}") > forecasts_after_stop,
+            300,
+            proc,
+            log2,
+        )
+    finally:
+        stop(proc, log2)
+
+    # -- nothing duplicated across the restart -----------------------------------------
+    total = lake_count(lake, "select count(*) from {bars}")
+    distinct = lake_count(lake, "select count(distinct (ticker, interval, start)) from {bars}")
+    assert total == distinct, f"{total - distinct} duplicated bars in the lake"
+    steps = lake_count(lake, "select count(*) from {forecasts}")
+    distinct_steps = lake_count(lake, "select count(distinct (forecast_id, step)) from {forecasts}")
+    assert steps == distinct_steps, f"{steps - distinct_steps} duplicated forecast steps in the lake"
+    (ARTIFACTS / "platform-timings.json").write_text(json.dumps(timings, indent=2))
+    print(json.dumps({"platform_e2e": timings, "bars": total, "forecast_steps": steps}))
