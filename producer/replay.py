@@ -1,0 +1,363 @@
+"""The replay source: bars from the lake or from a Parquet/CSV file, played as a live stream.
+
+Bars are emitted in start order (ties by ticker), so every ticker's bars stay in order.
+With ``speed`` 1 a bar is sent when as much wall time has passed since the first bar as
+market time has (measured at bar ends); 60 plays an hour a minute; None (``max``) sends
+as fast as Kafka takes them. The lake is read one day at a time, so a long replay does
+not load the whole range.
+
+Files: Parquet or CSV with a ``ticker`` column (or ``symbol``/``sym``), a start time
+(``start``, ``timestamp``, ``time``, ``datetime``, or Polygon's ``t`` in epoch ms), the
+OHLCV columns (``open``... or ``o``, ``h``, ``l``, ``c``, ``v``), and optionally ``end``,
+``interval``, ``vwap``/``vw``, ``trades``/``n``, ``source``. Naive times are taken as UTC.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from producer.encode import bar_json, plausible_ticker, prefix, times, valid_mask
+from producer.metrics import get_metrics
+from producer.sink import BarPublisher
+from tickcast.contracts import INTERVALS, Bar
+from tickcast.errors import SourceError
+from tickcast.lake import Lake
+
+log = logging.getLogger(__name__)
+
+SOURCE = "replay"
+
+_ALIASES = {
+    "ticker": ("ticker", "symbol", "sym"),
+    "start": ("start", "timestamp", "time", "datetime", "date", "t"),
+    "open": ("open", "o"),
+    "high": ("high", "h"),
+    "low": ("low", "l"),
+    "close": ("close", "c"),
+    "volume": ("volume", "v"),
+    "vwap": ("vwap", "vw"),
+    "trades": ("trades", "n"),
+}
+_TS = pa.timestamp("us", tz="UTC")
+
+
+def parse_speed(text: str | float | None) -> float | None:
+    """``"max"`` (or None) -> None; ``"60"``/``"60x"`` -> 60.0."""
+    if text is None:
+        return None
+    if isinstance(text, int | float):
+        return float(text)
+    value = text.strip().lower()
+    if value in ("max", "inf", "0", ""):
+        return None
+    value = value.removesuffix("x")
+    speed = float(value)
+    if speed <= 0:
+        raise ValueError(f"speed {text!r} must be positive or max")
+    return speed
+
+
+def _to_timestamp(column: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
+    if pa.types.is_timestamp(column.type):
+        if column.type.tz is None:
+            column = pc.assume_timezone(column, "UTC")
+        return pc.cast(column, _TS)
+    if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+        # epoch numbers: Polygon's t is milliseconds
+        return pc.cast(pc.multiply(pc.cast(column, pa.int64()), 1000), pa.int64()).cast(_TS)
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        import pandas as pd
+
+        parsed = pd.to_datetime(column.to_pandas(), utc=True, format="ISO8601")
+        return pa.chunked_array([pa.array(parsed, type=_TS)])
+    if pa.types.is_date(column.type):
+        return pc.cast(pc.cast(column, pa.timestamp("s")), _TS)
+    raise SourceError(f"column {name} has type {column.type}, not a time", "use ISO-8601 text, a timestamp or epoch ms")
+
+
+def normalize(table: pa.Table, interval: str | None = None, where: str = "input") -> pa.Table:
+    """A bars table with the canonical columns (see the module docstring), sorted by start, ticker."""
+    names = {n.lower(): n for n in table.column_names}
+    out: dict[str, Any] = {}
+    for canonical, aliases in _ALIASES.items():
+        found = next((names[a] for a in aliases if a in names), None)
+        if found is None:
+            if canonical in ("vwap", "trades"):
+                continue
+            raise SourceError(
+                f"{where} has no {canonical} column (looked for {', '.join(aliases)})",
+                "provide bars with ticker, start, open, high, low, close and volume columns",
+            )
+        out[canonical] = table[found]
+    out["start"] = _to_timestamp(out["start"], "start")
+    if "end" in names:
+        out["end"] = _to_timestamp(table[names["end"]], "end")
+    if "interval" in names:
+        out["interval"] = pc.cast(table[names["interval"]], pa.string())
+    elif interval is not None:
+        out["interval"] = pa.chunked_array([pa.array([interval] * table.num_rows, pa.string())])
+    else:
+        raise SourceError(f"{where} has no interval column", "pass --interval")
+    if "end" not in out:
+        intervals = out["interval"].to_pylist()
+        starts = out["start"].to_pylist()
+        out["end"] = pa.chunked_array(
+            [pa.array([s + INTERVALS[i] for s, i in zip(starts, intervals, strict=True)], _TS)]
+        )
+    for name in ("open", "high", "low", "close", "volume", "vwap"):
+        if name in out:
+            out[name] = pc.cast(out[name], pa.float64())
+    if "trades" in out:
+        out["trades"] = pc.cast(out["trades"], pa.int64())
+    out["ticker"] = pc.cast(out["ticker"], pa.string())
+    if "source" in names:
+        out["source"] = pc.cast(table[names["source"]], pa.string())
+    result = pa.table(out)
+    return result.sort_by([("start", "ascending"), ("ticker", "ascending")])
+
+
+def read_bars_file(path: str | Path, interval: str | None = None) -> pa.Table:
+    """Read a Parquet or CSV file of bars into the canonical table."""
+    path = Path(path)
+    if not path.exists():
+        raise SourceError(f"replay file {path} does not exist", "pass an existing Parquet or CSV file with --file")
+    suffix = "".join(path.suffixes).lower()
+    if suffix.endswith((".csv", ".csv.gz")):
+        import pyarrow.csv as pacsv
+
+        table = pacsv.read_csv(path)
+    else:
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+    return normalize(table, interval, where=str(path))
+
+
+def file_batches(
+    path: str | Path,
+    interval: str | None,
+    tickers: Iterable[str] = (),
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> Iterator[pa.Table]:
+    """The file's bars (filtered) as one sorted table."""
+    table = read_bars_file(path, interval)
+    yield _filter(table, interval if "interval" not in table.column_names else None, tickers, start, end)
+
+
+def _filter(
+    table: pa.Table, interval: str | None, tickers: Iterable[str], start: datetime | None, end: datetime | None
+) -> pa.Table:
+    mask = None
+
+    def both(a: Any, b: Any) -> Any:
+        return b if a is None else pc.and_(a, b)
+
+    wanted = list(tickers)
+    if wanted:
+        mask = both(mask, pc.is_in(table["ticker"], pa.array(wanted, pa.string())))
+    if interval is not None:
+        mask = both(mask, pc.equal(table["interval"], interval))
+    if start is not None:
+        mask = both(mask, pc.greater_equal(table["start"], pa.scalar(start, _TS)))
+    if end is not None:
+        mask = both(mask, pc.less(table["start"], pa.scalar(end, _TS)))
+    return table if mask is None else table.filter(mask)
+
+
+def lake_days(lake: Lake, interval: str, tickers: Iterable[str]) -> list[date]:
+    """Every date with bars of these tickers at ``interval`` in the lake."""
+    days: set[date] = set()
+    for ticker in tickers:
+        for name in lake.list_dirs(f"bars/interval={interval}/ticker={ticker}"):
+            if name.startswith("date="):
+                days.add(date.fromisoformat(name.removeprefix("date=")))
+    return sorted(days)
+
+
+def lake_batches(
+    lake: Lake, interval: str, tickers: Iterable[str] = (), start: datetime | None = None, end: datetime | None = None
+) -> Iterator[pa.Table]:
+    """The lake's bars one day at a time (each sorted by start, ticker)."""
+    import pyarrow.dataset as ds
+
+    names = list(tickers) or lake.bar_tickers(interval)
+    if not names:
+        raise SourceError(
+            f"the lake at {lake.url} has no {interval} bars to replay",
+            "load bars first (a polygon-rest backfill, or the bundled sample), or replay a file with --file",
+        )
+    days = lake_days(lake, interval, names)
+    if start is not None:
+        days = [d for d in days if d >= start.astimezone(UTC).date()]
+    if end is not None:
+        last = (end.astimezone(UTC) - timedelta(microseconds=1)).date()
+        days = [d for d in days if d <= last]
+    for day in days:
+        expr = (ds.field("date") == day.isoformat()) & ds.field("ticker").isin(names)
+        table = lake.read_table(f"bars/interval={interval}", ("ticker", "date"), filter=expr)
+        if table is None or table.num_rows == 0:
+            continue
+        table = table.drop_columns(["date"]).append_column(
+            "interval", pa.array([interval] * table.num_rows, pa.string())
+        )
+        yield _filter(normalize(table, interval, where=f"lake {day}"), None, (), start, end)
+
+
+@dataclass
+class ReplayResult:
+    """What a replay did."""
+
+    bars: int = 0
+    rejected: int = 0
+    first_start: datetime | None = None
+    last_start: datetime | None = None
+
+
+class Replay:
+    """Plays sorted bar tables into Kafka at a speed factor.
+
+    Args:
+        publisher: where bars go.
+        speed: market seconds per wall second (1, 60, ...); None for as fast as possible.
+        stop: a StopFlag-like object.
+        source: the ``source`` written into bars that have none.
+    """
+
+    def __init__(
+        self, publisher: BarPublisher, speed: float | None = None, stop: Any = None, source: str = SOURCE
+    ) -> None:
+        self.publisher = publisher
+        self.speed = speed
+        self.stop = stop
+        self.source = source
+        self.metrics = get_metrics().source(source)
+        self._t0_market: float | None = None
+        self._t0_wall = 0.0
+
+    def _stopping(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
+
+    def _pace(self, market_ts: float) -> bool:
+        """Wait until ``market_ts`` is due; returns whether to stop."""
+        if self.speed is None:
+            return self._stopping()
+        if self._t0_market is None:
+            self._t0_market, self._t0_wall = market_ts, time.monotonic()
+            return self._stopping()
+        due = self._t0_wall + (market_ts - self._t0_market) / self.speed
+        while True:
+            wait = due - time.monotonic()
+            if wait <= 0:
+                return self._stopping()
+            if self.stop is not None:
+                if self.stop.wait(min(wait, 0.5)):
+                    return True
+            else:
+                time.sleep(min(wait, 0.5))
+
+    def run(
+        self, batches: Iterable[pa.Table], max_bars: int | None = None, duration: float | None = None
+    ) -> ReplayResult:
+        """Replay every table in order; stop early at ``max_bars`` or after ``duration`` seconds."""
+        result = ReplayResult()
+        deadline = None if duration is None else time.monotonic() + duration
+        for table in batches:
+            if table.num_rows == 0:
+                continue
+            if self._play(table, result, max_bars, deadline):
+                break
+        self.publisher.flush()
+        return result
+
+    def _play(self, table: pa.Table, result: ReplayResult, max_bars: int | None, deadline: float | None) -> bool:
+        ok = valid_mask(table).to_pylist()
+        tickers = table["ticker"].to_pylist()
+        intervals = table["interval"].to_pylist()
+        starts = table["start"].to_pylist()
+        ends = table["end"].to_pylist()
+        cols = {n: table[n].to_pylist() for n in ("open", "high", "low", "close", "volume")}
+        vwaps = table["vwap"].to_pylist() if "vwap" in table.column_names else [None] * table.num_rows
+        trades = table["trades"].to_pylist() if "trades" in table.column_names else [None] * table.num_rows
+        sources = table["source"].to_pylist() if "source" in table.column_names else None
+        heads: dict[tuple[str, str], str] = {}
+        middles: dict[tuple[datetime, datetime], str] = {}
+        current_end: datetime | None = None
+        sent = rejected = 0
+        for i in range(table.num_rows):
+            if ends[i] != current_end:
+                current_end = ends[i]
+                self.metrics.bars_in.inc(sent + rejected)
+                result.bars += sent
+                result.rejected += rejected
+                sent = rejected = 0
+                if self._pace(current_end.timestamp()):
+                    return True
+                if deadline is not None and time.monotonic() >= deadline:
+                    return True
+            if max_bars is not None and result.bars + sent >= max_bars:
+                result.bars += sent
+                self.metrics.bars_in.inc(sent + rejected)
+                result.rejected += rejected
+                return True
+            ticker, interval = tickers[i], intervals[i]
+            source = (sources[i] if sources else None) or self.source
+            if ok[i] and plausible_ticker(ticker) and interval in INTERVALS and '"' not in source:
+                head = heads.get((ticker, interval))
+                if head is None:
+                    head = heads[(ticker, interval)] = prefix(ticker, interval)
+                key = (starts[i], ends[i])
+                middle = middles.get(key)
+                if middle is None:
+                    if len(middles) > 4096:
+                        middles.clear()
+                    middle = middles[key] = times(starts[i], ends[i])
+                value = bar_json(
+                    head,
+                    middle,
+                    cols["open"][i],
+                    cols["high"][i],
+                    cols["low"][i],
+                    cols["close"][i],
+                    cols["volume"][i],
+                    vwaps[i],
+                    trades[i],
+                    source,
+                )
+                self.publisher.send_encoded(ticker, value, ends[i].timestamp())
+                sent += 1
+            else:
+                bar = Bar(
+                    ticker,
+                    interval,
+                    starts[i],
+                    ends[i],
+                    cols["open"][i],
+                    cols["high"][i],
+                    cols["low"][i],
+                    cols["close"][i],
+                    cols["volume"][i],
+                    vwaps[i],
+                    trades[i],
+                    source,
+                )
+                if self.publisher.publish(bar):
+                    sent += 1
+                else:
+                    rejected += 1
+            if result.first_start is None:
+                result.first_start = starts[i]
+            result.last_start = starts[i]
+        self.metrics.bars_in.inc(sent + rejected)
+        result.bars += sent
+        result.rejected += rejected
+        return False
