@@ -63,6 +63,18 @@ def register(subparsers: Any) -> None:
     p.add_argument("--open-close", action="store_true", help="backfill: also fetch daily open/close summaries")
     p.add_argument("--fresh", action="store_true", help="backfill: ignore the checkpoint and start over")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="replay: skip bars already in the bars topic (per ticker), so a restarted replay continues",
+    )
+    p.add_argument(
+        "--live-tail",
+        type=int,
+        metavar="N",
+        help="replay: play all but the last N bar times as fast as possible, then pace the rest at --speed",
+    )
+    p.add_argument("--linger", action="store_true", help="stay up (healthy, metrics served) after the source ends")
     p.set_defaults(handler=_produce)
 
     s = subparsers.add_parser(
@@ -104,6 +116,9 @@ def options_from_args(settings: Settings, args: argparse.Namespace) -> Any:
         fresh=args.fresh,
         progress=not args.no_progress,
         seed=args.seed,
+        resume=args.resume,
+        live_tail=args.live_tail,
+        linger=args.linger,
     )
 
 

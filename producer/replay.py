@@ -31,6 +31,7 @@ from producer.sink import BarPublisher
 from tickcast.contracts import INTERVALS, Bar
 from tickcast.errors import SourceError
 from tickcast.lake import Lake
+from tickcast.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -243,13 +244,14 @@ class Replay:
         self.metrics = get_metrics().source(source)
         self._t0_market: float | None = None
         self._t0_wall = 0.0
+        self._paced = True
 
     def _stopping(self) -> bool:
         return self.stop is not None and self.stop.is_set()
 
     def _pace(self, market_ts: float) -> bool:
         """Wait until ``market_ts`` is due; returns whether to stop."""
-        if self.speed is None:
+        if self.speed is None or not self._paced:
             return self._stopping()
         if self._t0_market is None:
             self._t0_market, self._t0_wall = market_ts, time.monotonic()
@@ -280,6 +282,8 @@ class Replay:
         return result
 
     def _play(self, table: pa.Table, result: ReplayResult, max_bars: int | None, deadline: float | None) -> bool:
+        # a table marked by resumable_batches as catch-up is played as fast as possible
+        self._paced = (table.schema.metadata or {}).get(b"tickcast.pace") != b"off"
         ok = valid_mask(table).to_pylist()
         tickers = table["ticker"].to_pylist()
         intervals = table["interval"].to_pylist()
@@ -361,3 +365,59 @@ class Replay:
         result.bars += sent
         result.rejected += rejected
         return False
+
+
+def resumable_batches(
+    kafka: KafkaSettings, batches: Iterable[pa.Table], resume: bool, live_tail: int | None
+) -> Iterator[pa.Table]:
+    """Wrap replay batches for the platform: resume after what the topic holds, pace only the tail.
+
+    ``resume``: per ticker, bars whose start is not after the newest bar of the same ticker,
+    interval and source already in the bars topic are skipped. The idempotent producer keeps
+    each partition gap-free and ordered, so everything before that bar is in the topic too:
+    a replay stopped at any point and started again continues without gaps or duplicates.
+
+    ``live_tail``: every table is split at the N-th last distinct bar end; the part before it
+    is yielded with ``pace=False`` metadata (played as fast as possible), the rest paced.
+    """
+    table = pa.concat_tables([t for t in batches if t.num_rows])
+    if table.num_rows == 0:
+        return
+    if resume:
+        table = _after_topic(kafka, table)
+    if live_tail and table.num_rows:
+        ends = pc.unique(table["end"]).sort()
+        cut = ends[max(0, len(ends) - live_tail)] if len(ends) else None
+        if cut is not None:
+            fast = table.filter(pc.less(table["end"], cut))
+            if fast.num_rows:
+                yield fast.replace_schema_metadata({b"tickcast.pace": b"off"})
+            table = table.filter(pc.greater_equal(table["end"], cut))
+    if table.num_rows:
+        yield table
+
+
+def _after_topic(kafka: KafkaSettings, table: pa.Table) -> pa.Table:
+    from producer.checkpoint import TopicTail
+
+    tickers = set(pc.unique(table["ticker"]).to_pylist())
+    intervals = pc.unique(table["interval"]).to_pylist()
+    sources = pc.unique(table["source"]).to_pylist() if "source" in table.column_names else [SOURCE]
+    tail = TopicTail(kafka, kafka.topic_bars)
+    try:
+        newest: dict[str, int] = {}
+        for interval in intervals:
+            for source in sources:
+                found = tail.newest_bars({}, tickers, interval, source or SOURCE, 0, 2**62)
+                for ticker, ms in found.items():
+                    newest[ticker] = max(newest.get(ticker, ms), ms)
+    finally:
+        tail.close()
+    if not newest:
+        return table
+    log.info("resuming replay after the topic's newest bars: %s", newest)
+    starts_ms = pc.cast(pc.cast(table["start"], pa.timestamp("ms", tz="UTC")), pa.int64())
+    keep = pc.invert(pc.is_in(table["ticker"], pa.array(list(newest), pa.string())))
+    for ticker, ms in newest.items():
+        keep = pc.or_(keep, pc.and_(pc.equal(table["ticker"], ticker), pc.greater(starts_ms, ms)))
+    return table.filter(keep)

@@ -43,6 +43,9 @@ class ProduceOptions:
     progress: bool = True
     seed: int = 7
     channels: tuple[str, ...] = field(default_factory=tuple)
+    resume: bool = False
+    live_tail: int | None = None
+    linger: bool = False
 
 
 def _range(opts: ProduceOptions) -> tuple[datetime | None, datetime | None]:
@@ -73,6 +76,12 @@ def produce(settings: Settings, opts: ProduceOptions, stop: Any = None) -> dict[
     try:
         with publisher:
             result = _dispatch(settings, opts, publisher, stop)
+        if opts.linger and not stop.is_set():
+            # The platform keeps a finished replay up (healthy, metrics served) until it is stopped,
+            # so a source running out of data is not mistaken for a crash.
+            log.info("source finished; lingering until stopped")
+            while not stop.wait(1.0):
+                pass
     finally:
         observability.stop()
     summary = asdict(result) if is_dataclass(result) and not isinstance(result, type) else dict(result)
@@ -130,6 +139,10 @@ def _dispatch(settings: Settings, opts: ProduceOptions, publisher: Any, stop: An
             from tickcast.lake import Lake
 
             batches = lake_batches(Lake(settings.lake), opts.interval, tickers, start, end)
+        if opts.resume or opts.live_tail:
+            from producer.replay import resumable_batches
+
+            batches = resumable_batches(settings.kafka, batches, opts.resume, opts.live_tail)
         return Replay(publisher, opts.speed, stop).run(batches, opts.max_bars, opts.duration)
 
     from producer.polygon_rest import PolygonRest
