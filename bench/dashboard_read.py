@@ -1,0 +1,200 @@
+"""Benchmark: the dashboard's read of a year of minute bars for one ticker.
+
+Writes (once) a lake of ``--tickers`` tickers x 252 sessions x 390 minute bars (~98k bars per
+ticker, one date partition per session), then times:
+
+* ``prepared_read_s``: what the Live and Explore pages do for the range "all" (a year):
+  list the ticker's date partitions, read the newest day and the older days with partition
+  pruning, build the DataFrame, and resample it for the chart (``max_chart_bars`` candles);
+* ``prepared_read_and_figure_s``: the same plus the Plotly figure, serialized to JSON as
+  Streamlit sends it to the browser;
+* ``pruned_read_s``: ``Lake.read_bars`` alone (the ticker's folder, pruned date partitions);
+* ``full_scan_partition_filter_s``: one dataset over the whole ``bars/`` table with a
+  partition filter (every file is discovered, then non-matching ones are skipped);
+* ``full_scan_then_filter_s``: the whole table read, then filtered in memory (no pruning);
+* ``prepared_full_scan_s``: the same preparation as ``prepared_read_s`` on that unpruned read.
+
+The unpruned figures grow with the number of tickers in the lake (``--tickers``); the
+pruned ones do not.
+
+Prints one JSON object. Target: ``prepared_read_and_figure_s`` < 2 s.
+
+    .venv/bin/python bench/dashboard_read.py [--lake file:///tmp/tickcast-bench-lake] [--tickers 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+os.environ.setdefault("STREAMLIT_BROWSER_GATHER_USAGE_STATS", "false")
+import streamlit  # noqa: F401  (configures its loggers; quiet them before dashboard.data uses caches)
+
+logging.getLogger("streamlit").setLevel(logging.ERROR)
+logging.getLogger("streamlit.runtime.caching.cache_data_api").setLevel(logging.ERROR)
+
+from dashboard import analysis, charts  # noqa: E402
+from dashboard.data import read_window  # noqa: E402
+from tickcast.lake import BAR_FILE_SCHEMA, Lake  # noqa: E402
+from tickcast.settings import load_settings  # noqa: E402
+
+SESSIONS = 252
+BARS_PER_SESSION = 390
+
+
+def sessions(first: date, count: int) -> list[date]:
+    """``count`` weekdays from ``first``."""
+    out: list[date] = []
+    day = first
+    while len(out) < count:
+        if day.weekday() < 5:
+            out.append(day)
+        day += timedelta(days=1)
+    return out
+
+
+def year_of_minutes(ticker: str, seed: int) -> pa.Table:
+    """A year of minute bars of one ticker as a table with the bar columns plus interval and ticker."""
+    rng = np.random.default_rng(seed)
+    days = sessions(date(2024, 1, 2), SESSIONS)
+    base = (
+        np.array([datetime(d.year, d.month, d.day, 14, 30, tzinfo=UTC).timestamp() for d in days], dtype=np.int64)
+        * 1_000_000
+    )
+    starts = (base[:, None] + np.arange(BARS_PER_SESSION)[None, :] * 60_000_000).ravel()
+    n = len(starts)
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.0008, n)))
+    open_ = np.concatenate([[100.0], close[:-1]])
+    high = np.maximum(open_, close) * (1 + np.abs(rng.normal(0, 0.0003, n)))
+    low = np.minimum(open_, close) * (1 - np.abs(rng.normal(0, 0.0003, n)))
+    columns = {
+        "start": pa.array(starts, pa.timestamp("us", tz="UTC")),
+        "end": pa.array(starts + 60_000_000, pa.timestamp("us", tz="UTC")),
+        "open": open_,
+        "high": high,
+        "low": low,
+        "close": close,
+        "volume": rng.lognormal(8, 0.5, n),
+        "vwap": (open_ + close) / 2,
+        "trades": rng.integers(10, 500, n),
+        "source": pa.array(["bench"] * n),
+    }
+    table = pa.table(columns).cast(BAR_FILE_SCHEMA)
+    return table.append_column("interval", pa.array(["minute"] * n)).append_column("ticker", pa.array([ticker] * n))
+
+
+def ensure_lake(lake: Lake, tickers: list[str]) -> float:
+    """Write the bars unless they are there; returns the seconds spent writing."""
+    started = time.perf_counter()
+    for i, ticker in enumerate(tickers):
+        if len(lake.list_dirs(f"bars/interval=minute/ticker={ticker}")) >= SESSIONS:
+            continue
+        lake.write_bars(year_of_minutes(ticker, i), "bench.parquet")
+    return time.perf_counter() - started
+
+
+def timed(fn: Callable[[], Any], repeat: int) -> tuple[float, float, Any]:
+    """Median and first wall time of ``repeat`` calls, and the last result."""
+    times, result = [], None
+    for _ in range(repeat):
+        started = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times), times[0], result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lake", default=f"file://{tempfile.gettempdir()}/tickcast-bench-lake")
+    parser.add_argument("--tickers", type=int, default=4)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+
+    settings = load_settings(lake={"url": args.lake})
+    lake = Lake(settings.lake)
+    tickers = [f"BN{chr(65 + i)}" for i in range(args.tickers)]
+    write_s = ensure_lake(lake, tickers)
+    ticker = tickers[0]
+    max_bars = settings.dashboard.max_chart_bars
+
+    def prepared() -> tuple[int, int, str]:
+        window = read_window(lake, ticker, "minute", None)
+        shown, bucket = analysis.display_bars(window.bars, "minute", max_bars)
+        return len(window.bars), len(shown), bucket.label
+
+    def with_figure() -> int:
+        window = read_window(lake, ticker, "minute", None)
+        shown, bucket = analysis.display_bars(window.bars, "minute", max_bars)
+        fig = charts.price_figure(shown, bucket, 60, f"{ticker} minute bars")
+        return len(fig.to_json())
+
+    def pruned() -> int:
+        return lake.read_bars(ticker, "minute").num_rows
+
+    def full_partition_filter() -> int:
+        dataset = lake.dataset("bars", ("interval", "ticker", "date"))
+        assert dataset is not None
+        expr = (ds.field("interval") == "minute") & (ds.field("ticker") == ticker)
+        return dataset.to_table(filter=expr).num_rows
+
+    def full_then_filter() -> pa.Table:
+        dataset = lake.dataset("bars", ("interval", "ticker", "date"))
+        assert dataset is not None
+        table = dataset.to_table()
+        mask = pc.and_(pc.equal(table["interval"], "minute"), pc.equal(table["ticker"], ticker))
+        return table.filter(mask)
+
+    def prepared_full_scan() -> int:
+        table = full_then_filter().drop_columns(["interval", "ticker", "date"])
+        shown, _ = analysis.display_bars(analysis.bars_frame(table), "minute", max_bars)
+        return len(shown)
+
+    prepared_s, prepared_first_s, (n_bars, n_candles, bucket) = timed(prepared, args.repeat)
+    figure_s, _, _ = timed(with_figure, args.repeat)
+    pruned_s, _, pruned_rows = timed(pruned, args.repeat)
+    partition_s, _, partition_rows = timed(full_partition_filter, args.repeat)
+    scan_s, _, scan_table = timed(full_then_filter, args.repeat)
+    scan_rows = scan_table.num_rows
+    unpruned_prepared_s, _, unpruned_candles = timed(prepared_full_scan, args.repeat)
+    assert unpruned_candles == n_candles
+    assert pruned_rows == partition_rows == scan_rows == n_bars, (pruned_rows, partition_rows, scan_rows, n_bars)
+    result = {
+        "benchmark": "dashboard_read",
+        "lake": lake.url,
+        "tickers_in_lake": len(tickers),
+        "bars_read": n_bars,
+        "date_partitions": len(lake.list_dirs(f"bars/interval=minute/ticker={ticker}")),
+        "candles_drawn": n_candles,
+        "candle_bucket": bucket,
+        "prepared_read_s": round(prepared_s, 3),
+        "prepared_read_first_s": round(prepared_first_s, 3),
+        "prepared_read_and_figure_s": round(figure_s, 3),
+        "pruned_read_s": round(pruned_s, 3),
+        "full_scan_partition_filter_s": round(partition_s, 3),
+        "full_scan_then_filter_s": round(scan_s, 3),
+        "prepared_full_scan_s": round(unpruned_prepared_s, 3),
+        "pruning_speedup_prepared": round(unpruned_prepared_s / prepared_s, 1) if prepared_s else None,
+        "pruning_speedup_read": round(scan_s / pruned_s, 1) if pruned_s else None,
+        "target_s": 2.0,
+        "meets_target": figure_s < 2.0,
+        "repeat": args.repeat,
+        "lake_write_s": round(write_s, 1),
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,311 @@
+"""Every page of the dashboard, run with Streamlit's AppTest against a small lake in a tmp dir.
+
+Kafka and Serve point at ports nothing listens on, so the pages' degraded paths run too;
+the services' healthy paths are covered with real servers in test_dashboard_health.py.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dashboard_lake import MODEL_ID, MODEL_VERSION, write_backtest_report, write_sample
+from streamlit.testing.v1 import AppTest
+
+from dashboard.charts import BAND_NAME
+from tickcast.contracts import Forecast
+from tickcast.lake import Lake
+from tickcast.settings import load_settings
+
+APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
+TIMEOUT = 60
+
+
+def unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lake]:
+    """The dashboard's environment: a tmp lake; Kafka, Serve and the services unreachable."""
+    dead = unused_port()
+    values = {
+        "TICKCAST_LAKE__URL": f"file://{tmp_path / 'lake'}",
+        "TICKCAST_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{dead}",
+        "TICKCAST_SERVING__URL": f"http://127.0.0.1:{dead}",
+        "TICKCAST_PRODUCER__METRICS_PORT": str(dead),
+        "TICKCAST_CONSUMER__METRICS_PORT": str(dead),
+        "TICKCAST_FORECASTER__METRICS_PORT": str(dead),
+        "TICKCAST_DASHBOARD__PROBE_TIMEOUT_S": "0.5",
+        "TICKCAST_DASHBOARD__REFRESH_S": "3600",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    yield Lake(load_settings().lake)
+
+
+def run_page(page: str | None = None, **query: str) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.query_params.update(query)
+    at.run()
+    if page is not None:
+        at.switch_page(f"views/{page}.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def chart_specs(at: AppTest) -> list[dict[str, Any]]:
+    return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+
+
+def trace_names(spec: dict[str, Any]) -> list[str]:
+    return [t.get("name") for t in spec["data"]]
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def texts(at: AppTest, kind: str) -> str:
+    return " ".join(str(e.value) for e in getattr(at, kind))
+
+
+# -- Live ---------------------------------------------------------------------------------------
+def test_live_draws_candles_and_the_forecast_band_after_the_last_bar(env: Lake) -> None:
+    sample = write_sample(env)
+    at = run_page()
+    assert at.selectbox(key="ticker").value == "AAA"
+    (spec,) = chart_specs(at)
+    names = trace_names(spec)
+    assert names[:2] == ["bars (1min)", "volume"]
+    assert BAND_NAME in names and f"forecast median · {MODEL_ID}/{MODEL_VERSION}" in names
+    last_bar = sample.bars["AAA"][-1]
+    newest = sample.forecasts["AAA"][-1]
+    assert newest.last_bar_start == last_bar.start
+    band = next(t for t in spec["data"] if t.get("name") == BAND_NAME)
+    # the band starts at the last bar's close and covers the forecast's steps after it
+    assert band["x"][0] == f"{last_bar.start:%Y-%m-%d %H:%M}"
+    assert band["y"][0] == pytest.approx(last_bar.close)
+    assert band["x"][1:] == [f"{s:%Y-%m-%d %H:%M}" for s in newest.step_starts()]
+    assert band["y"][1:] == pytest.approx(newest.quantiles["0.1"])
+    assert band["fill"] == "tonexty"
+    shown = metrics(at)
+    assert shown["Bars in range"] == "60"
+    assert shown["Median in 8 steps"] == f"{newest.quantiles['0.5'][-1]:,.4g}"
+    assert spec["layout"]["xaxis"]["type"] == "category"
+
+
+def test_live_ticker_and_range(env: Lake) -> None:
+    write_sample(env)
+    at = run_page(ticker="BBB")
+    assert at.selectbox(key="ticker").value == "BBB"
+    assert "BBB" in chart_specs(at)[0]["layout"]["title"]["text"]
+    at.segmented_control(key="live_range_minute").set_value("all").run()
+    assert metrics(at)["Bars in range"] == "180"
+    at.toggle[1].set_value(True).run()  # the past one-step band
+    assert "past 1-step 80% band" in trace_names(chart_specs(at)[0])
+
+
+def test_live_model_picker(env: Lake) -> None:
+    from dashboard_lake import PARTITIONS, make_forecasts
+
+    from tickcast.lake import forecasts_to_table
+
+    sample = write_sample(env, tickers=("AAA",), scores=False)
+    older = make_forecasts(sample.bars["AAA"][:-1], 7, 8, model_version="0")  # a second model, a bit behind
+    env.write_partitioned("forecasts", forecasts_to_table(older), PARTITIONS, "v0.parquet")
+    at = run_page()
+    picker = at.selectbox(key="live_model")
+    assert picker.options == [f"{MODEL_ID}/0", f"{MODEL_ID}/1"] and picker.value == f"{MODEL_ID}/1"
+    picker.set_value(f"{MODEL_ID}/0").run()
+    names = trace_names(chart_specs(at)[0])
+    assert f"forecast median · {MODEL_ID}/0" in names
+    assert "bar(s) before the newest one" in texts(at, "caption")
+
+
+def test_live_resamples_long_ranges(env: Lake, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TICKCAST_DASHBOARD__MAX_CHART_BARS", "50")
+    write_sample(env, tickers=("AAA",))
+    at = run_page()
+    at.segmented_control(key="live_range_minute").set_value("all").run()
+    spec = chart_specs(at)[0]
+    assert trace_names(spec)[0] == "bars (5min)"
+    assert len(spec["data"][0]["x"]) == 36  # 3 sessions of 60 minutes in 5-minute candles
+    assert "resampled to 5min candles" in texts(at, "caption")
+
+
+def test_day_bars_and_interval_picker(env: Lake) -> None:
+    write_sample(env, tickers=("SPX",), interval="day", days=30, bars_per_day=1)
+    write_sample(env, tickers=("AAA",), interval="minute", days=1, forecasts=False)
+    at = run_page(interval="day")
+    assert at.selectbox(key="interval").options == ["minute", "day"]
+    assert at.selectbox(key="ticker").value == "SPX"
+    spec = chart_specs(at)[0]
+    assert spec["data"][0]["x"][-1] == "2024-04-12"
+    assert BAND_NAME in trace_names(spec)
+    at.selectbox(key="interval").set_value("minute").run()
+    assert at.selectbox(key="ticker").value == "AAA"
+    assert "No forecast for this ticker" in texts(at, "caption")
+
+
+def test_empty_lake_says_what_to_run(env: Lake) -> None:
+    for page in (None, "forecast", "quality", "explore"):
+        at = run_page(page)
+        assert not at.error
+        if page != "forecast":  # the forecast page first says that Serve is down
+            assert "has no **minute** bars yet" in texts(at, "info")
+
+
+def test_unreadable_lake_is_a_warning(env: Lake, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TICKCAST_LAKE__URL", "s3://no-such-bucket/lake")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    at = run_page()
+    assert "cannot be read" in texts(at, "warning")
+    assert "TICKCAST_LAKE__S3_ACCESS_KEY_ID" in texts(at, "warning")
+
+
+# -- Forecast on demand -----------------------------------------------------------------------
+def test_forecast_page_without_serve(env: Lake) -> None:
+    write_sample(env)
+    at = run_page("forecast")
+    assert "Serve is not reachable" in texts(at, "warning")
+    assert "tickcast serve" in texts(at, "warning")
+
+
+def _show_result(payload: dict) -> None:  # an AppTest script: runs in Streamlit
+    from dashboard.common import sidebar_selection
+    from dashboard.views.forecast import show_result
+
+    show_result(sidebar_selection(), {"payload": payload}, {})
+
+
+def test_forecast_result_chart_and_csv(env: Lake) -> None:
+    sample = write_sample(env, tickers=("AAA",), forecasts=False)
+    last = sample.bars["AAA"][-1]
+    forecast = Forecast(
+        ticker="AAA",
+        interval="minute",
+        model_id="tickcast-chronos2-synthetic",
+        model_version="1",
+        issued_at=datetime.now(UTC),
+        last_bar_start=last.start,
+        horizon=3,
+        target="close",
+        mean=[1.0, 2.0, 3.0],
+        quantiles={"0.1": [0.5, 1.5, 2.5], "0.5": [1.0, 2.0, 3.0], "0.9": [1.5, 2.5, 3.5]},
+    )
+    # the same shape as Serve's POST /v1/forecast/ticker answer
+    payload = {**forecast.to_dict(), "context_used": 60, "covariates_used": False, "bundled": True}
+    at = AppTest.from_function(_show_result, args=(payload,), default_timeout=TIMEOUT).run()
+    assert not at.exception, [e.value for e in at.exception]
+    (spec,) = chart_specs(at)
+    band = next(t for t in spec["data"] if t.get("name") == BAND_NAME)
+    assert band["y"] == pytest.approx([last.close, 0.5, 1.5, 2.5])
+    assert "bundled model" in texts(at, "caption")
+    assert at.download_button[0].label == "Download CSV"
+    table = at.dataframe[0].value
+    assert list(table["step"]) == [1, 2, 3] and list(table["q0.9"]) == [1.5, 2.5, 3.5]
+
+
+def test_forecast_table_csv_columns() -> None:
+    from dashboard.serve_api import forecast_table
+
+    start = datetime(2024, 3, 4, 15, tzinfo=UTC)
+    forecast = Forecast(
+        "AAA", "day", "m", "2", start, start, 2, "close", [1.0, 2.0], {"0.25": [0.1, 0.2], "0.5": [1, 2]}
+    )
+    table = forecast_table(forecast.to_dict())
+    assert list(table.columns) == [
+        "ticker", "step", "step_start", "mean", "q0.25", "q0.5", "p10", "p50", "p90", "last_bar_start", "model"
+    ]  # fmt: skip
+    assert table["step_start"].iloc[1] == start + timedelta(days=2)
+    assert table["p10"].isna().all() and list(table["p50"]) == [1, 2]
+
+
+# -- Quality --------------------------------------------------------------------------------------
+def test_quality_scores_and_backtest(env: Lake) -> None:
+    write_sample(env)
+    write_backtest_report(env, "bt-latest")
+    at = run_page("quality")
+    assert not at.error and not at.warning
+    specs = chart_specs(at)
+    assert len(specs) == 4  # rolling scores, scores by step, backtest summary, backtest by step
+    assert f"{MODEL_ID}/{MODEL_VERSION}" in trace_names(specs[0])
+    summary = at.dataframe[0].value
+    assert summary["model"].tolist() == [f"{MODEL_ID}/{MODEL_VERSION}"]
+    assert {"MASE", "WQL", "coverage_80", "steps"} <= set(summary.columns)
+    backtest = at.dataframe[1].value
+    assert set(backtest["model"]) == {"naive", "seasonal_naive", MODEL_ID}
+    assert metrics(at)["Horizon / context"] == "4 / 64"
+
+
+def test_quality_without_scores_or_reports(env: Lake) -> None:
+    write_sample(env, forecasts=False)
+    at = run_page("quality")
+    info = texts(at, "info")
+    assert "No scores for AAA" in info and "No backtest reports" in info
+
+
+# -- Pipeline -------------------------------------------------------------------------------------
+def test_pipeline_with_everything_down(env: Lake) -> None:
+    at = run_page("pipeline")
+    assert "No service answers" in texts(at, "info")
+    assert "did not list its models" in texts(at, "info")
+    assert metrics(at)["Consumer lag"] == "–"
+    assert texts(at, "markdown").count(":red[● down]") >= 5  # four services and Kafka
+
+
+def test_pipeline_with_a_live_service(env: Lake, monkeypatch: pytest.MonkeyPatch) -> None:
+    from producer.metrics import get_metrics
+    from tickcast.service import ObservabilityServer
+
+    get_metrics().bars_out.labels("test").inc(5)
+    server = ObservabilityServer(unused_port(), host="127.0.0.1").start()
+    monkeypatch.setenv("TICKCAST_DASHBOARD__PRODUCER_URL", f"http://127.0.0.1:{server.port}")
+    try:
+        at = run_page("pipeline")
+        assert ":green[● healthy]" in texts(at, "markdown")
+        assert "No service answers" not in texts(at, "info")
+        get_metrics().bars_out.labels("test").inc(100)
+        at.run()  # the second refresh has a rate
+        assert metrics(at)["producer bars/s"] not in ("–", "0.0")
+    finally:
+        server.stop()
+
+
+# -- Explore --------------------------------------------------------------------------------------
+def test_explore(env: Lake) -> None:
+    write_sample(env)
+    at = run_page("explore")
+    at.segmented_control(key="explore_range_minute").set_value("all").run()
+    assert not at.exception
+    assert [t.label for t in at.tabs] == ["Distributions", "Correlations", "Volume spikes", "Data quality"]
+    shown = metrics(at)
+    assert shown["Bars"] == "180" and shown["Missing"] == "0" and shown["Complete"] == "100.0%"
+    assert int(shown["Spikes"]) >= 1
+    names = [n for spec in chart_specs(at) for n in trace_names(spec)]
+    assert "normal fit" in names and "rolling median" in names
+    assert "Could not read `bars.dlq`" in texts(at, "warning")
+
+
+def test_cli_registers_the_dashboard() -> None:
+    from dashboard.cli import run_dashboard, streamlit_argv
+    from tickcast.cli import build_parser
+
+    args = build_parser().parse_args(["dashboard"])
+    assert args.handler is run_dashboard
+    argv = streamlit_argv(load_settings(dashboard={"port": 8600, "host": "0.0.0.0"}))
+    assert argv[1:4] == ["-m", "streamlit", "run"] and argv[4].endswith("dashboard/app.py")
+    flags = dict(zip(argv[5::2], argv[6::2], strict=True))
+    assert flags["--server.port"] == "8600" and flags["--server.address"] == "0.0.0.0"
+    assert flags["--server.headless"] == "true" and flags["--browser.gatherUsageStats"] == "false"
