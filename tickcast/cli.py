@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "serving.cli",
     "serving.streaming.cli",
     "dashboard.cli",
+    "training.cli",
 )
 
 Handler = Callable[[Settings, argparse.Namespace], int | None]

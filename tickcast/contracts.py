@@ -28,7 +28,8 @@ INTERVALS: Final[dict[str, timedelta]] = {
 }
 
 # Exchange symbols: an upper-case letter, then letters, digits, '.' or '-' (BRK.B, BF-B).
-TICKER_RE: Final = re.compile(r"^[A-Z][A-Z0-9.\-]{0,11}$")
+# \Z, not $: "$" also matches before a trailing newline, and a ticker names a lake folder.
+TICKER_RE: Final = re.compile(r"^[A-Z][A-Z0-9.\-]{0,11}\Z")
 
 
 def utc(value: datetime) -> datetime:

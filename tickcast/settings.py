@@ -162,6 +162,12 @@ class ServingSettings(BaseModel):
     target_ongoing_requests: float = Field(
         32.0, gt=0, description="Autoscaling target of ongoing requests per replica (num_replicas=auto)."
     )
+    throughput_optimized: bool = Field(
+        False,
+        description="Start Ray with Serve's throughput-optimized mode (RAY_SERVE_THROUGHPUT_OPTIMIZED): gRPC to "
+        "replicas, and replica N also answers HTTP itself on port+N, skipping the proxy hop. Applies to the Ray "
+        "that `tickcast serve` starts.",
+    )
 
 
 class ForecasterSettings(BaseModel):
