@@ -107,11 +107,38 @@ class AppService(LocalService):
             self.infra = original
 
 
+#: The bundled sample of real daily bars the offline platform replays.
+SAMPLE_FILE = REPO_ROOT / "training" / "data" / "daily_real.parquet"
+#: The sample's last this many trading days are replayed live, one every two seconds
+#: (43,200 market seconds a wall second); everything before them is caught up at once.
+LIVE_TAIL_BARS = 1500
+LIVE_SPEED = "43200"
+
+
 def producer_args(settings: Settings) -> tuple[str, ...]:
-    """The producer of the offline platform: Polygon live when a key is set, else the sample replay."""
-    if settings.polygon.api_key is not None and settings.producer.source.startswith("polygon"):
-        return ("produce", "--source", settings.producer.source)
-    return ("produce", "--source", "replay", "--sample", "--speed", "platform", "--resume")
+    """The producer of the offline platform: Polygon live when a key is set, else the sample replay.
+
+    The replay resumes after the bars the topic already holds, so a second ``up`` continues
+    where the first stopped, and lingers (healthy) once the sample is exhausted.
+    """
+    if settings.polygon.api_key is not None and settings.producer.source == "polygon-ws":
+        return ("produce", "--source", "polygon-ws", "--linger")
+    return (
+        "produce",
+        "--source",
+        "replay",
+        "--file",
+        str(SAMPLE_FILE),
+        "--interval",
+        "day",
+        "--speed",
+        LIVE_SPEED,
+        "--live-tail",
+        str(LIVE_TAIL_BARS),
+        "--resume",
+        "--linger",
+        "--no-progress",
+    )
 
 
 def app_specs(settings: Settings) -> list[AppSpec]:
