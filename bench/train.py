@@ -1,0 +1,73 @@
+"""Benchmark: training throughput of the bundled model's recipe.
+
+Builds the bundled preset (``small``, ~1M parameters, context 256) and trains it on the
+synthetic corpus with the bundled recipe (batch 32, one torch thread unless ``--threads``)
+for ``--steps`` steps, with no checkpoints. Prints one JSON object: steps/s, series/s and
+wall time, plus the projected wall time of the full bundled run.
+
+Measure on a quiet machine: on two cores shared with other work the figure can drop by
+half or more (the load average at the start is reported).
+
+    .venv/bin/python bench/train.py [--steps 50] [--threads 1] [--batch-size 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import tempfile
+import time
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    from dataclasses import replace
+
+    from training.bundle import BundleRecipe
+    from training.train import build_model, count_parameters, train_model
+
+    recipe = BundleRecipe(torch_threads=args.threads)
+    if args.batch_size:
+        recipe = replace(recipe, batch_size=args.batch_size)
+    config = replace(recipe.train_config(args.seed, progress=False), num_steps=args.steps, save_steps=0)
+    pipeline = build_model(recipe.preset, seed=args.seed)
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as work:
+        result = train_model(pipeline, recipe.corpus(args.seed), config, work, resume=False)
+    total = time.perf_counter() - started
+    print(
+        json.dumps(
+            {
+                "benchmark": "train",
+                "preset": recipe.preset,
+                "parameters": count_parameters(pipeline),
+                "batch_size": recipe.batch_size,
+                "context_length": pipeline.model_context_length,
+                "torch_threads": args.threads,
+                "steps": result.steps,
+                "train_wall_s": round(result.wall_s, 2),
+                "total_wall_s": round(total, 2),
+                "steps_per_s": round(result.steps_per_s, 3),
+                "series_per_s": round(result.steps_per_s * recipe.batch_size, 1),
+                "projected_bundle_train_s": round(recipe.steps / result.steps_per_s, 1) if result.steps_per_s else None,
+                "final_loss": result.final_loss,
+                "load_avg_1m_at_start": round(load_before, 2),
+                "cpus": os.cpu_count(),
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""What to forecast: a bar field or a series derived from the bars.
+
+A target turns a ticker's bars (sorted by start) into one float series. Bar fields are
+taken as they are; derived targets are computed from them:
+
+* ``log_return``: ``log(close_t / close_{t-1})`` (one value shorter than the bars);
+* ``log_volume``: ``log(1 + volume)``;
+* ``range``: ``high - low``.
+
+Training, fine-tuning and backtests all use the same names, so a model fine-tuned on
+``volume`` is evaluated on ``volume``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from tickcast.lake import Lake
+
+FIELDS: tuple[str, ...] = ("open", "high", "low", "close", "volume", "vwap", "trades")
+DERIVED: tuple[str, ...] = ("log_return", "log_volume", "range")
+TARGETS: tuple[str, ...] = FIELDS + DERIVED
+_ALIASES = {"log-return": "log_return", "log-returns": "log_return", "log_returns": "log_return"}
+
+
+def normalize_target(target: str) -> str:
+    """The canonical name of a target; raises ValueError for an unknown one."""
+    name = _ALIASES.get(target, target)
+    if name not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; use one of {', '.join(TARGETS)}")
+    return name
+
+
+def derive(columns: Mapping[str, Any], target: str) -> np.ndarray:
+    """The target series from bar columns (arrays sorted by start)."""
+    name = normalize_target(target)
+    if name in FIELDS:
+        values = np.asarray(columns[name], dtype=np.float64)
+    elif name == "log_return":
+        close = np.asarray(columns["close"], dtype=np.float64)
+        values = np.diff(np.log(close))
+    elif name == "log_volume":
+        values = np.log1p(np.asarray(columns["volume"], dtype=np.float64))
+    else:
+        values = np.asarray(columns["high"], dtype=np.float64) - np.asarray(columns["low"], dtype=np.float64)
+    return values
+
+
+def series_from_frame(df: pd.DataFrame, target: str, ticker_column: str = "ticker") -> dict[str, np.ndarray]:
+    """``ticker -> target series`` from a bars DataFrame (one row per bar)."""
+    time_column = "start" if "start" in df.columns else "timestamp"
+    out: dict[str, np.ndarray] = {}
+    for ticker, group in df.sort_values([ticker_column, time_column]).groupby(ticker_column, sort=True):
+        values = derive({c: group[c].to_numpy() for c in group.columns}, target)
+        out[str(ticker)] = values[np.isfinite(values)]
+    return out
+
+
+def series_from_lake(
+    lake: Lake,
+    target: str,
+    interval: str,
+    tickers: list[str] | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> dict[str, np.ndarray]:
+    """``ticker -> target series`` for bars in the lake (all tickers of the interval by default)."""
+    names = tickers or lake.bar_tickers(interval)
+    out: dict[str, np.ndarray] = {}
+    for ticker in names:
+        table = lake.read_bars(ticker, interval, start, end)
+        if table.num_rows == 0:
+            continue
+        values = derive({c: table[c].to_numpy(zero_copy_only=False) for c in table.column_names}, target)
+        out[ticker] = values[np.isfinite(values)]
+    return out
