@@ -147,7 +147,12 @@ class ServingSettings(BaseModel):
     num_gpus: float = Field(0.0, ge=0, description="GPUs per replica (fractions allowed).")
     num_cpus: float = Field(1.0, gt=0, description="CPUs per replica.")
     max_batch_size: int = Field(64, ge=1, description="Largest dynamic batch, in series.")
-    batch_wait_timeout_s: float = Field(0.005, ge=0, description="How long a batch waits to fill, in seconds.")
+    batch_wait_timeout_s: float = Field(
+        0.0,
+        ge=0,
+        description="How long a batch waits for more requests when the model is idle, in seconds; while a model "
+        "call runs, requests gather for the next batch anyway.",
+    )
     max_series_length: int = Field(8192, ge=1, description="Longest accepted context per series.")
     max_series_per_request: int = Field(1024, ge=1, description="Most series one request may carry.")
     max_body_bytes: int = Field(8_000_000, ge=1024, description="Largest accepted request body, in bytes.")

@@ -1,0 +1,255 @@
+"""Benchmark: the Kafka-to-lake sink, end to end, on file:// and on MinIO; Parquet size vs JSON.
+
+For each lake (``file://`` in a temporary folder; ``s3://`` on MinIO when an endpoint is
+given) and each round it measures, on fresh topics and consumer groups of the real broker:
+
+- ``sustained``: the topic is loaded first, then one sink (:class:`consumer.sink.Sink`,
+  in this process) consumes it into the lake: bars/s from its first record to its last
+  commit, and bars per CPU-second of the sink process;
+- ``end_to_end``: a producer process (kafka-python, acks=all, idempotence, lz4) and the
+  sink run at the same time: bars/s from the first send to the sink's last commit of the
+  last bar.
+
+The bars come from the producer's synthetic market (GBM prices, realistic volumes).
+Bytes per bar: the Parquet files the sink wrote (default flush size), the JSON record
+values, and, for reference, those JSON values zstd-compressed as one stream.
+The best round of each measurement is reported (the two cores are shared with the broker,
+MinIO and, on a busy machine, everyone else), with the load average seen. Prints JSON.
+
+    .venv/bin/python bench/sink.py --bootstrap 127.0.0.1:19092 \\
+        --s3-endpoint http://127.0.0.1:19000 --s3-key tickcast --s3-secret tickcast-local-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+TARGET_BARS_PER_S = 50_000
+TARGET_SIZE_RATIO = 5.0
+REPO = Path(__file__).resolve().parents[1]
+
+_PRODUCER = r"""
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+from sink import synthetic
+from tickcast.kafka import make_producer
+from tickcast.settings import load_settings
+settings = load_settings(kafka={"bootstrap_servers": sys.argv[2]})
+topic, n, tickers = sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+records = [(k.encode(), v) for k, v in synthetic(n, tickers)]
+producer = make_producer(settings.kafka)
+start = time.time()
+for key, value in records:
+    producer.send(topic, key=key, value=value)
+producer.flush(120)
+producer.close()
+print(json.dumps({"start": start, "end": time.time()}))
+"""
+
+
+def synthetic(n: int, tickers: int) -> list[tuple[str, bytes]]:
+    """n realistic bars (key, JSON value) from the producer's synthetic market."""
+    from datetime import date
+
+    from producer.synthetic import SyntheticMarket, ticker_names
+
+    market = SyntheticMarket(ticker_names(tickers), "minute", start=date(2024, 1, 2), seed=5)
+    out: list[tuple[str, bytes]] = []
+    for names, values, _ in market.encoded():
+        out.extend(zip(names, values, strict=True))
+        if len(out) >= n:
+            break
+    return out[:n]
+
+
+def load(settings: Any, topic: str, records: list[tuple[str, bytes]]) -> float:
+    from tickcast.kafka import make_producer
+
+    producer = make_producer(settings.kafka)
+    start = time.perf_counter()
+    for key, value in records:
+        producer.send(topic, key=key.encode(), value=value)
+    producer.flush(120)
+    producer.close()
+    return time.perf_counter() - start
+
+
+def lake_bytes(lake: Any) -> tuple[int, int]:
+    files = lake.list_files("bars", suffix=".parquet")
+    total = 0
+    for path in files:
+        total += lake.fs.get_file_info(lake.path(path)).size
+    return total, len(files)
+
+
+def fresh(base: Any, lake_url: str, topic: str, dlq: str) -> Any:
+    return base.model_copy(
+        update={
+            "kafka": base.kafka.model_copy(update={"topic_bars": topic, "topic_dlq": dlq}),
+            "lake": base.lake.model_copy(update={"url": lake_url}),
+            "consumer": base.consumer.model_copy(
+                update={"group_id": f"bench-{uuid.uuid4().hex[:8]}", "metrics_port": 0}
+            ),
+        }
+    )
+
+
+def run_round(
+    base: Any, lake_url: str, records: list[tuple[str, bytes]], partitions: int, tickers: int, mode: str
+) -> dict[str, Any]:
+    from consumer.sink import Sink
+    from tickcast.kafka import ensure_topics
+    from tickcast.lake import Lake
+
+    tag = uuid.uuid4().hex[:8]
+    topic, dlq = f"bench.sink.{tag}", f"bench.sink.{tag}.dlq"
+    ensure_topics(base.kafka, {topic: partitions, dlq: 1}, retention_hours=1)
+    settings = fresh(base, f"{lake_url.rstrip('/')}/{tag}", topic, dlq)
+    n = len(records)
+    result: dict[str, Any] = {"load": os.getloadavg()[0]}
+    if mode == "sustained":
+        result["preload_s"] = round(load(settings, topic, records), 2)
+        stats = Sink(settings).run(max_records=n, timeout=600)
+        result["bars_per_s"] = round(n / stats.active_s)
+    else:
+        producer = subprocess.Popen(
+            [sys.executable, "-c", _PRODUCER, str(REPO / "bench"), settings.kafka.bootstrap_servers, topic, str(n),
+             str(tickers)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        stats = Sink(settings).run(max_records=n, timeout=600)
+        done = time.time()
+        produced = json.loads(producer.communicate(timeout=300)[0])
+        result["bars_per_s"] = round(n / (done - produced["start"]))
+        result["producer_bars_per_s"] = round(n / (produced["end"] - produced["start"]))
+    assert stats.committed == n and stats.rejected == 0, stats
+    result["bars_per_cpu_s"] = round(n / stats.cpu_s) if stats.cpu_s else None
+    lake = Lake(settings.lake)
+    size, files = lake_bytes(lake)
+    result.update(parquet_bytes=size, files=files, flushes=stats.flushes)
+    return result
+
+
+def measure(
+    base: Any, lake_url: str, records: list[tuple[str, bytes]], partitions: int, tickers: int, rounds: int
+) -> dict[str, Any]:
+    runs: dict[str, list[dict[str, Any]]] = {"sustained": [], "end_to_end": []}
+    for _ in range(rounds):
+        for mode in runs:
+            runs[mode].append(run_round(base, lake_url, records, partitions, tickers, mode))
+    best = {mode: max(r, key=lambda x: x["bars_per_s"]) for mode, r in runs.items()}
+    n = len(records)
+    sustained = best["sustained"]
+    return {
+        "sustained_bars_per_s": sustained["bars_per_s"],
+        "sustained_bars_per_cpu_s": sustained["bars_per_cpu_s"],
+        "end_to_end_bars_per_s": best["end_to_end"]["bars_per_s"],
+        "producer_alone_bars_per_s": best["end_to_end"]["producer_bars_per_s"],
+        "parquet_bytes_per_bar": round(sustained["parquet_bytes"] / n, 2),
+        "files_written": sustained["files"],
+        "rounds": runs,
+    }
+
+
+def main() -> None:
+    """Run the benchmark and print one JSON document."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bootstrap", help="Kafka bootstrap servers (default: TICKCAST_KAFKA__BOOTSTRAP_SERVERS)")
+    parser.add_argument("--records", type=int, default=300_000)
+    parser.add_argument("--tickers", type=int, default=100)
+    parser.add_argument("--partitions", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--s3-endpoint", help="MinIO/S3 endpoint, e.g. http://127.0.0.1:19000 (omit to skip s3)")
+    parser.add_argument("--s3-key", default="tickcast")
+    parser.add_argument("--s3-secret", default="tickcast-local-only")
+    parser.add_argument("--s3-records", type=int, default=None, help="records for the s3 runs (default --records)")
+    args = parser.parse_args()
+
+    import logging
+
+    import pyarrow as pa
+
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("kafka").setLevel(logging.ERROR)
+    from tickcast.settings import load_settings
+
+    overrides: dict[str, Any] = {}
+    if args.bootstrap:
+        overrides["kafka"] = {"bootstrap_servers": args.bootstrap}
+    base = load_settings(**overrides)
+    records = synthetic(args.records, args.tickers)
+    json_bytes = sum(len(v) for _, v in records)
+    zstd_bytes = pa.compress(b"\n".join(v for _, v in records), codec="zstd").size
+    out: dict[str, Any] = {
+        "records": args.records,
+        "tickers": args.tickers,
+        "partitions": args.partitions,
+        "flush_records": base.consumer.flush_records,
+        "cpus": os.cpu_count(),
+        "json_bytes_per_bar": round(json_bytes / len(records), 2),
+        "json_zstd_bytes_per_bar": round(zstd_bytes / len(records), 2),
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-sink-") as tmp:
+        out["file"] = measure(base, f"file://{tmp}", records, args.partitions, args.tickers, args.rounds)
+    if args.s3_endpoint:
+        import boto3
+
+        bucket = f"bench-sink-{uuid.uuid4().hex[:8]}"
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=args.s3_endpoint,
+            aws_access_key_id=args.s3_key,
+            aws_secret_access_key=args.s3_secret,
+            region_name="us-east-1",
+        )
+        s3.create_bucket(Bucket=bucket)
+        s3_base = base.model_copy(
+            update={
+                "lake": base.lake.model_copy(
+                    update={
+                        "s3_endpoint_url": args.s3_endpoint,
+                        "s3_access_key_id": _secret(args.s3_key),
+                        "s3_secret_access_key": _secret(args.s3_secret),
+                    }
+                )
+            }
+        )
+        s3_records = records[: args.s3_records] if args.s3_records else records
+        try:
+            out["s3"] = measure(s3_base, f"s3://{bucket}/lake", s3_records, args.partitions, args.tickers, args.rounds)
+        finally:
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+                keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+                if keys:
+                    s3.delete_objects(Bucket=bucket, Delete={"Objects": keys})
+            s3.delete_bucket(Bucket=bucket)
+    parquet = out["file"]["parquet_bytes_per_bar"]
+    out["size_ratio_json_over_parquet"] = round(out["json_bytes_per_bar"] / parquet, 2)
+    out["targets"] = {
+        "sustained_file_bars_per_s": TARGET_BARS_PER_S,
+        "met_throughput": out["file"]["sustained_bars_per_s"] >= TARGET_BARS_PER_S,
+        "size_ratio": TARGET_SIZE_RATIO,
+        "met_size": out["size_ratio_json_over_parquet"] >= TARGET_SIZE_RATIO,
+    }
+    print(json.dumps(out, indent=2))
+
+
+def _secret(value: str) -> Any:
+    from pydantic import SecretStr
+
+    return SecretStr(value)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,480 @@
+"""Which Chronos model to serve, where it comes from, and loading it.
+
+A model spec (``TICKCAST_SERVING__MODEL``) is resolved in this order:
+
+1. an explicit spec:
+   - ``bundled``: the checkpoint shipped in the repository under ``models/bundled/``;
+   - ``s3://bucket/prefix``: a checkpoint directory in S3 (or MinIO), downloaded to a local cache;
+   - a local directory (``/path``, ``./path`` or ``file:///path``);
+   - ``NAME/VERSION`` (or ``NAME/latest``): an entry of the lake's model registry
+     ``models/<NAME>/<VERSION>/``, downloaded to a local cache;
+   - anything else is a hub id such as ``amazon/chronos-bolt-small``, loaded from the hub
+     (or the local hub cache when the hub cannot be reached);
+2. ``auto``: the hub model ``TICKCAST_SERVING__HUB_MODEL`` when the hub is reachable (or
+   the model is in the local hub cache), otherwise
+3. the bundled model.
+
+An explicit spec that cannot be found is an error, never a silent fallback: serving a
+different model than the one configured would mislabel every forecast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import shutil
+import threading
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from serving.tiny_models import TINY_MARKER
+from tickcast.errors import ModelError, StoreUnavailable
+
+if TYPE_CHECKING:
+    from tickcast.lake import Lake
+    from tickcast.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ModelKind = Literal["chronos2", "bolt", "t5"]
+ModelSource = Literal["hub", "local", "registry", "bundled"]
+
+#: Where the repository keeps its bundled checkpoint.
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "models" / "bundled"
+#: Optional metadata next to a checkpoint (registry entries and the bundled model).
+METADATA_FILE = "metadata.json"
+#: The registry's folder in the lake.
+REGISTRY_PREFIX = "models"
+
+_REGISTRY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_PIPELINE_KINDS: dict[str, ModelKind] = {
+    "Chronos2Pipeline": "chronos2",
+    "ChronosBoltPipeline": "bolt",
+    "ChronosPipeline": "t5",
+}
+_logged_choices: set[tuple[str, str]] = set()
+_log_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where a model spec points: a local checkpoint directory or a hub id, and its origin."""
+
+    spec: str
+    source: ModelSource
+    location: str
+    id: str
+    version: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    origin: str = ""
+
+    @property
+    def where(self) -> str:
+        """Where the model came from, for people: the registry URI, hub id or directory."""
+        return self.origin or self.location
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What is being served; the API shows it at ``GET /v1/models``.
+
+    ``bundled`` is True for the checkpoint tickcast trains itself on synthetic series and
+    ships in the repository, so nobody mistakes it for an Amazon checkpoint.
+    """
+
+    id: str
+    version: str
+    kind: ModelKind
+    source: ModelSource
+    location: str
+    context_length: int
+    max_horizon: int
+    quantiles: tuple[float, ...] | None
+    supports_covariates: bool
+    bundled: bool
+    label: str
+    parameters: int
+    device: str
+    dtype: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        data = asdict(self)
+        data["quantiles"] = list(self.quantiles) if self.quantiles is not None else None
+        return data
+
+
+# -- resolution ------------------------------------------------------------------------------
+def hub_available(timeout_s: float = 2.0) -> bool:
+    """Whether the model hub can be reached. ``HF_HUB_OFFLINE=1`` answers False at once."""
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode():
+        return False
+    import httpx
+
+    try:
+        httpx.head(constants.ENDPOINT, timeout=timeout_s, follow_redirects=False)
+    except httpx.HTTPError:
+        return False
+    return True
+
+
+def _hub_cached(repo_id: str) -> str | None:
+    """The local snapshot directory of a hub model already in the hub cache, if any."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        path = snapshot_download(repo_id, local_files_only=True)
+    except Exception:  # any miss (not cached, malformed id) means "not available offline"
+        return None
+    return path if (Path(path) / "config.json").exists() else None
+
+
+def _read_metadata(directory: Path) -> dict[str, Any]:
+    path = directory / METADATA_FILE
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as exc:
+        log.warning("ignoring unreadable %s: %s", path, exc)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _fingerprint(directory: Path) -> str:
+    """A short, cheap content id of a checkpoint: config plus size and ends of the weights."""
+    digest = hashlib.sha1()
+    for path in sorted(directory.iterdir()):
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        digest.update(path.name.encode())
+        size = path.stat().st_size
+        digest.update(str(size).encode())
+        with path.open("rb") as handle:
+            digest.update(handle.read(1 << 20))
+            if size > 2 << 20:
+                handle.seek(-(1 << 20), 2)
+                digest.update(handle.read())
+    return digest.hexdigest()[:12]
+
+
+def _local(spec: str, directory: Path, source: ModelSource) -> ResolvedModel:
+    meta = _read_metadata(directory)
+    default_id = "tickcast-bundled" if source == "bundled" else directory.name
+    return ResolvedModel(
+        spec=spec,
+        source=source,
+        location=str(directory),
+        id=str(meta.get("id") or meta.get("name") or default_id),
+        version=str(meta.get("version") or _fingerprint(directory)),
+        metadata=meta,
+    )
+
+
+def _cache_root(settings: Settings) -> Path:
+    return Path(settings.infra.cache_dir).expanduser() / "models"
+
+
+def download_prefix(lake: Lake, prefix: str, cache_root: Path) -> Path:
+    """Copy every file under ``prefix`` of ``lake`` into a local cache directory.
+
+    The cache is keyed by the prefix's URI and reused while the remote files keep their
+    names and sizes; a changed entry is downloaded again into a fresh directory, which
+    replaces the old one atomically.
+    """
+    import pyarrow.fs as pafs
+
+    uri = lake.uri(prefix)
+    target = cache_root / hashlib.sha1(uri.encode()).hexdigest()[:16]
+    base = lake.path(prefix)
+    infos = lake.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+    files = {
+        info.path[len(base) + 1 :]: int(info.size or 0)
+        for info in infos
+        if info.type == pafs.FileType.File and not info.base_name.startswith(".")
+    }
+    if "config.json" not in files:
+        raise ModelError(
+            f"no Chronos checkpoint at {uri} (config.json missing)",
+            "upload a directory written by save_pretrained (e.g. with `tickcast train`, which registers models)",
+        )
+    manifest = target / ".tickcast-manifest.json"
+    if manifest.exists():
+        try:
+            if json.loads(manifest.read_text()) == files:
+                return target
+        except ValueError:
+            pass
+    staging = cache_root / f".{target.name}.{uuid.uuid4().hex}"
+    staging.mkdir(parents=True)
+    try:
+        for rel in files:
+            dest = staging / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(lake.read_bytes(f"{prefix}/{rel}"))
+        (staging / manifest.name).write_text(json.dumps(files))
+        if target.exists():
+            shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("downloaded model %s to %s", uri, target)
+    return target
+
+
+def _registry_versions(lake: Lake, name: str) -> list[str]:
+    def key(version: str) -> tuple[Any, ...]:
+        return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"[.\-_]", version))
+
+    return sorted(lake.list_dirs(f"{REGISTRY_PREFIX}/{name}"), key=key)
+
+
+def resolve_model(settings: Settings, spec: str | None = None) -> ResolvedModel:
+    """Turn a model spec (default ``settings.serving.model``) into a loadable location.
+
+    Raises:
+        ModelError: when the spec names nothing that exists, saying how to fix it.
+    """
+    spec = (spec if spec is not None else settings.serving.model).strip()
+    resolved = _resolve(settings, spec)
+    with _log_lock:
+        key = (spec, resolved.location)
+        if key not in _logged_choices:  # log the choice once per process
+            _logged_choices.add(key)
+            log.info(
+                "model %r resolved to %s %s version %s (%s)",
+                spec,
+                resolved.source,
+                resolved.id,
+                resolved.version,
+                resolved.where,
+            )
+    return resolved
+
+
+def _resolve(settings: Settings, spec: str) -> ResolvedModel:
+    if not spec:
+        raise ModelError("empty model spec", "set TICKCAST_SERVING__MODEL, e.g. to auto")
+    if spec == "auto":
+        return _resolve_auto(settings)
+    if spec == "bundled":
+        return _resolve_bundled()
+    if spec.startswith("s3://"):
+        return _resolve_s3(settings, spec)
+    if spec.startswith("file://"):
+        spec_path = Path(spec.removeprefix("file://")).expanduser()
+        return _resolve_local_dir(spec, spec_path)
+    path = Path(spec).expanduser()
+    if spec.startswith(("/", ".", "~")) or path.is_dir():
+        return _resolve_local_dir(spec, path)
+    lake_problem = ""
+    if _REGISTRY_RE.match(spec):
+        try:
+            found = _resolve_registry(settings, spec)
+        except StoreUnavailable as exc:
+            found, lake_problem = None, f"; the registry could not be read ({exc.message})"
+        if found is not None:
+            return found
+    try:
+        return _resolve_hub(spec)
+    except ModelError as exc:
+        if lake_problem:
+            raise ModelError(exc.message + lake_problem, exc.fix) from None
+        raise
+
+
+def _resolve_local_dir(spec: str, path: Path) -> ResolvedModel:
+    if not (path / "config.json").is_file():
+        raise ModelError(
+            f"model directory {path} has no config.json",
+            "point TICKCAST_SERVING__MODEL at a directory written by save_pretrained",
+        )
+    return _local(spec, path.resolve(), "local")
+
+
+def _resolve_bundled() -> ResolvedModel:
+    if not (BUNDLED_DIR / "config.json").is_file():
+        raise ModelError(
+            f"the bundled model is missing ({BUNDLED_DIR} has no config.json)",
+            "build it with the training command described in the README's Models section, or set "
+            "TICKCAST_SERVING__MODEL to a hub id, a local checkpoint directory or a registry entry NAME/VERSION",
+        )
+    return _local("bundled", BUNDLED_DIR, "bundled")
+
+
+def _resolve_auto(settings: Settings) -> ResolvedModel:
+    hub_id = settings.serving.hub_model
+    if hub_id:
+        try:
+            return _resolve_hub(hub_id, spec="auto")
+        except ModelError as exc:
+            log.info("hub model %s not available (%s); using the bundled model", hub_id, exc.message)
+    return _resolve_bundled()
+
+
+def _resolve_hub(repo_id: str, spec: str | None = None) -> ResolvedModel:
+    spec = spec or repo_id
+    cached = _hub_cached(repo_id)
+    if cached is not None:
+        revision = Path(cached).name
+        return ResolvedModel(spec, "hub", cached, repo_id, revision[:12], _read_metadata(Path(cached)))
+    if hub_available():
+        return ResolvedModel(spec, "hub", repo_id, repo_id, "main")
+    raise ModelError(
+        f"model {repo_id!r} is not a local directory or registry entry, and the model hub is unreachable "
+        "(offline or HF_HUB_OFFLINE=1) with no cached copy",
+        "set TICKCAST_SERVING__MODEL to a local checkpoint directory, a registry entry NAME/VERSION, "
+        "`bundled`, or `auto` (hub when reachable, else the bundled model)",
+    )
+
+
+def _resolve_registry(settings: Settings, spec: str) -> ResolvedModel | None:
+    from tickcast.lake import Lake
+
+    name, version = spec.split("/", 1)
+    lake = Lake(settings.lake)
+    if version == "latest":
+        # newest version whose upload finished (metadata is written last), else newest loadable one
+        versions = list(reversed(_registry_versions(lake, name)))
+        complete = [v for v in versions if lake.exists(f"{REGISTRY_PREFIX}/{name}/{v}/{METADATA_FILE}")]
+        loadable = [v for v in versions if lake.exists(f"{REGISTRY_PREFIX}/{name}/{v}/config.json")]
+        if not (complete or loadable):
+            return None
+        version = (complete or loadable)[0]
+    prefix = f"{REGISTRY_PREFIX}/{name}/{version}"
+    if not lake.exists(f"{prefix}/config.json"):
+        return None
+    directory = download_prefix(lake, prefix, _cache_root(settings))
+    meta = _read_metadata(directory)
+    return ResolvedModel(spec, "registry", str(directory), name, version, meta, origin=lake.uri(prefix))
+
+
+def _resolve_s3(settings: Settings, spec: str) -> ResolvedModel:
+    from tickcast.lake import Lake
+
+    bucket_and_prefix = spec.removeprefix("s3://").rstrip("/")
+    if "/" not in bucket_and_prefix:
+        raise ModelError(f"{spec!r} names a bucket, not a checkpoint prefix", "use s3://bucket/models/NAME/VERSION")
+    # The lake's endpoint and credentials apply to any s3:// model location.
+    lake = Lake(settings.lake.model_copy(update={"url": f"s3://{bucket_and_prefix}"}))
+    directory = download_prefix(lake, "", _cache_root(settings))
+    meta = _read_metadata(directory)
+    parts = bucket_and_prefix.split("/")
+    if len(parts) >= 4 and parts[-3] == REGISTRY_PREFIX:
+        default_id, default_version = parts[-2], parts[-1]
+    else:
+        default_id, default_version = parts[-1], _fingerprint(directory)
+    return ResolvedModel(
+        spec,
+        "registry",
+        str(directory),
+        str(meta.get("id") or meta.get("name") or default_id),
+        str(meta.get("version") or default_version),
+        meta,
+        origin=spec,
+    )
+
+
+# -- loading ---------------------------------------------------------------------------------
+def pick_device(device: str = "auto") -> str:
+    """``auto`` means CUDA when a GPU is visible, otherwise CPU."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_pipeline(resolved: ResolvedModel, device: str = "auto") -> tuple[Any, ModelInfo]:
+    """Load a resolved model with ``BaseChronosPipeline.from_pretrained``.
+
+    CPU runs in fp32; CUDA in bf16, as the Chronos authors recommend for GPUs.
+
+    Raises:
+        ModelError: when the checkpoint cannot be loaded.
+    """
+    import torch
+    from chronos import BaseChronosPipeline
+
+    device = pick_device(device)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelError("device cuda requested but no GPU is visible", "set TICKCAST_SERVING__DEVICE=auto or cpu")
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a per-tensor progress bar per replica start is noise
+    try:
+        pipeline = BaseChronosPipeline.from_pretrained(resolved.location, device_map=device, dtype=dtype)
+    except (OSError, ValueError, AssertionError, KeyError, TypeError) as exc:
+        raise ModelError(
+            f"could not load model {resolved.id} from {resolved.where}: {_first_line(exc)}",
+            "check that the directory holds a Chronos checkpoint (config.json and model.safetensors)",
+        ) from exc
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    info = describe(pipeline, resolved, device, str(dtype).removeprefix("torch."))
+    return pipeline, info
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def describe(pipeline: Any, resolved: ResolvedModel, device: str, dtype: str) -> ModelInfo:
+    """The :class:`ModelInfo` of a loaded pipeline."""
+    kind = _PIPELINE_KINDS.get(type(pipeline).__name__)
+    if kind is None:
+        raise ModelError(f"unsupported pipeline {type(pipeline).__name__}", "use a Chronos-2, Bolt or T5 checkpoint")
+    if kind == "t5":
+        context_length = int(pipeline.model.config.context_length)
+        max_horizon = int(pipeline.model.config.prediction_length)
+        quantiles = None
+    else:
+        context_length = int(pipeline.model_context_length)
+        max_horizon = int(pipeline.model_prediction_length)
+        quantiles = tuple(float(q) for q in pipeline.quantiles)
+    params = sum(p.numel() for p in pipeline.inner_model.parameters())
+    bundled = resolved.source == "bundled"
+    meta = resolved.metadata
+    if meta.get("label"):
+        label = str(meta["label"])
+    elif bundled:
+        label = (
+            "bundled: a small Chronos-2-architecture model trained by tickcast on synthetic series; "
+            "not an Amazon checkpoint"
+        )
+    elif resolved.source == "hub":
+        label = f"hub model {resolved.id}"
+    elif resolved.source == "registry":
+        base = meta.get("base_model")
+        label = f"registry model {resolved.id}/{resolved.version}" + (f" (from {base})" if base else "")
+    else:
+        label = f"local checkpoint {resolved.location}"
+    if (Path(resolved.location) / TINY_MARKER).exists():
+        label += " [random weights: a test model built from a config, not trained]"
+    return ModelInfo(
+        id=resolved.id,
+        version=resolved.version,
+        kind=kind,
+        source=resolved.source,
+        location=resolved.where,
+        context_length=context_length,
+        max_horizon=max_horizon,
+        quantiles=quantiles,
+        supports_covariates=kind == "chronos2",
+        bundled=bundled,
+        label=label,
+        parameters=int(params),
+        device=device,
+        dtype=dtype,
+    )

@@ -1,0 +1,91 @@
+"""Prometheus metrics of the forecaster, registered once per process on first use.
+
+They live in prometheus_client's default registry, which
+:class:`tickcast.service.ObservabilityServer` serves on ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+# Latency buckets in seconds: sub-second resolution where the target (2 s) is, minutes for backlogs.
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+@dataclass(frozen=True)
+class ForecasterMetrics:
+    """The forecaster's metric objects."""
+
+    bar_to_forecast: Any
+    produce_to_forecast: Any
+    serve_request: Any
+    forecasts_published: Any
+    serve_errors: Any
+    coalesced: Any
+    scores_written: Any
+    bars: Any
+    duplicates_skipped: Any
+    steps_missed: Any
+    lake_flush: Any
+    tickers: Any
+    pending: Any
+    in_flight: Any
+    pending_scores: Any
+    circuit_open: Any
+    mase: Any
+    wql: Any
+    coverage: Any
+    ticker_mase: Any
+    ticker_wql: Any
+    ticker_coverage: Any
+
+
+@functools.cache
+def metrics() -> ForecasterMetrics:
+    """The process-wide metric objects (created on the first call)."""
+    from prometheus_client import Counter, Gauge, Histogram
+
+    p = "tickcast_forecaster_"
+    model = ["model", "version"]
+    return ForecasterMetrics(
+        bar_to_forecast=Histogram(
+            p + "bar_to_forecast_seconds",
+            "From the bar's end (event time) to its forecast acknowledged by Kafka.",
+            buckets=LATENCY_BUCKETS,
+        ),
+        produce_to_forecast=Histogram(
+            p + "produce_to_forecast_seconds",
+            "From the bar's Kafka record timestamp (produced) to its forecast acknowledged by Kafka.",
+            buckets=LATENCY_BUCKETS,
+        ),
+        serve_request=Histogram(
+            p + "serve_request_seconds", "Duration of one forecast request to Serve.", buckets=LATENCY_BUCKETS
+        ),
+        forecasts_published=Counter(p + "forecasts_published_total", "Forecasts published to Kafka."),
+        serve_errors=Counter(p + "serve_errors_total", "Failed forecast requests to Serve.", ["kind"]),
+        coalesced=Counter(
+            p + "coalesced_total", "Bars whose forecast was superseded by a newer bar of the same ticker."
+        ),
+        scores_written=Counter(p + "scores_written_total", "Scored forecast steps written to the lake."),
+        bars=Counter(p + "bars_total", "Bars consumed, by outcome.", ["outcome"]),
+        duplicates_skipped=Counter(
+            p + "duplicates_skipped_total", "Bars not forecast because a forecast for them already exists."
+        ),
+        steps_missed=Counter(p + "steps_missed_total", "Forecast steps never scored because no bar came for them."),
+        lake_flush=Histogram(p + "lake_flush_seconds", "Duration of one lake flush.", buckets=LATENCY_BUCKETS),
+        tickers=Gauge(p + "tickers", "Tickers whose context is held."),
+        pending=Gauge(p + "pending", "Tickers waiting for a forecast (coalesced: at most one entry per ticker)."),
+        in_flight=Gauge(p + "in_flight", "Tickers in forecast requests to Serve."),
+        pending_scores=Gauge(p + "pending_scores", "Forecasts waiting for their actual bars."),
+        circuit_open=Gauge(p + "serve_circuit_open", "1 while the circuit breaker to Serve is open."),
+        mase=Gauge(p + "mase", "Rolling MASE per model (mean abs error / mean naive abs error).", model),
+        wql=Gauge(p + "wql", "Rolling weighted quantile loss per model.", model),
+        coverage=Gauge(p + "coverage_80", "Rolling coverage of the 80% interval per model.", model),
+        ticker_mase=Gauge(p + "ticker_mase", "Rolling MASE per ticker and model.", ["ticker", *model]),
+        ticker_wql=Gauge(p + "ticker_wql", "Rolling weighted quantile loss per ticker and model.", ["ticker", *model]),
+        ticker_coverage=Gauge(
+            p + "ticker_coverage_80", "Rolling coverage of the 80% interval per ticker and model.", ["ticker", *model]
+        ),
+    )

@@ -1,0 +1,373 @@
+"""The Serve app for real: Ray, Serve's HTTP proxy, tiny random-weight Chronos checkpoints.
+
+Ray starts once for this module (2 CPUs, small object store); two apps are deployed, the
+open one at ``/`` and one requiring a bearer token at ``/secured``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+pytest.importorskip("ray")
+torch = pytest.importorskip("torch")
+schemathesis = pytest.importorskip("schemathesis")
+
+from hypothesis import HealthCheck  # noqa: E402
+from hypothesis import settings as hsettings  # noqa: E402
+
+from serving.tiny_models import build_tiny_model  # noqa: E402
+from tickcast.contracts import Bar  # noqa: E402
+from tickcast.lake import Lake, read_forecasts  # noqa: E402
+from tickcast.settings import Settings, load_settings  # noqa: E402
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+
+SMALL_BOLT = {"d_model": 64, "d_ff": 256, "num_layers": 2, "num_heads": 2, "d_kv": 32}
+TOKEN = "test-token-not-secret"
+
+
+@dataclass
+class Served:
+    url: str
+    secured_url: str
+    settings: Settings
+    bolt: Path
+    chronos2: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _write_bars(lake: Lake) -> None:
+    t0 = datetime(2024, 3, 4, 14, 30, tzinfo=UTC)
+    rng = np.random.default_rng(7)
+    for ticker in ("AAPL", "MSFT"):
+        closes = 100 + rng.standard_normal(600).cumsum()
+        bars = []
+        for i, c in enumerate(closes):
+            start = t0 + timedelta(minutes=i) + (timedelta(days=1) if i >= 300 else timedelta())
+            bars.append(
+                Bar(ticker, "minute", start, start + timedelta(minutes=1), c, c + 1, c - 1, c, 1000.0 + i, source="t")
+            )
+        lake.write_bars(bars, "part-0.parquet")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, infra: Any) -> Iterator[Served]:
+    import ray
+    from ray import serve
+
+    from serving.app import APP_NAME, make_app
+
+    root = tmp_path_factory.mktemp("serving")
+    bolt = build_tiny_model("bolt-tiny", root / "bolt", context_length=512, **SMALL_BOLT)
+    chronos2 = build_tiny_model("chronos2-tiny", root / "chronos2", context_length=512, max_horizon=64)
+    # the lake is a local folder; the S3 endpoint and keys of the test MinIO serve s3:// model specs
+    lake_settings = infra.settings.lake.model_copy(update={"url": f"file://{root / 'lake'}"})
+    settings = load_settings(
+        lake=lake_settings.model_dump(),
+        infra={"cache_dir": str(root / "cache")},
+        serving={
+            "model": str(bolt),
+            "torch_threads": 1,
+            "num_cpus": 0.5,
+            "max_batch_size": 64,
+            "batch_wait_timeout_s": 0.002,
+            "max_series_length": 4096,
+            "max_body_bytes": 300_000,
+        },
+        forecaster={"horizon": 8, "context_length": 256},
+    )
+    _write_bars(Lake(settings.lake))
+    port = _free_port()
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=200 * 1024 * 1024,
+        log_to_driver=False,
+    )
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run_many(
+            [
+                serve.RunTarget(make_app(settings), name=APP_NAME, route_prefix="/"),
+                serve.RunTarget(make_app(settings, {"auth_token": TOKEN}), name="secured", route_prefix="/secured"),
+            ]
+        )
+        url = f"http://127.0.0.1:{port}"
+        yield Served(url, f"{url}/secured", settings, bolt, chronos2)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def _series(seed: int, lengths: list[int]) -> list[list[float]]:
+    rng = np.random.default_rng(seed)
+    return [(100 + rng.standard_normal(n).cumsum()).round(3).tolist() for n in lengths]
+
+
+def _in_process(path: Path, series: list[list[float]], horizon: int, levels: list[float]) -> tuple[Any, Any]:
+    from chronos import BaseChronosPipeline
+
+    pipeline = BaseChronosPipeline.from_pretrained(str(path), device_map="cpu", dtype=torch.float32)
+    q, m = pipeline.predict_quantiles(
+        [torch.tensor(s, dtype=torch.float32) for s in series], prediction_length=horizon, quantile_levels=levels
+    )
+    if isinstance(q, list):
+        q, m = torch.cat([x[:1] for x in q]), torch.cat([x[:1] for x in m])
+    return q.numpy(), m.numpy()
+
+
+def _as_arrays(body: dict[str, Any], levels: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    q = np.array([[f["quantiles"][repr(lv)] for lv in levels] for f in body["forecasts"]]).transpose(0, 2, 1)
+    m = np.array([f["mean"] for f in body["forecasts"]])
+    return q, m
+
+
+def _metric(url: str, name: str) -> float:
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def test_http_forecasts_equal_the_in_process_pipeline(served: Served) -> None:
+    series = _series(1, [12, 150, 700])  # 700 > the model's 512 context: trimmed the same way
+    levels = [0.1, 0.5, 0.9]
+    response = httpx.post(
+        f"{served.url}/v1/forecast",
+        json={"series": series, "horizon": 12, "quantile_levels": levels, "ids": ["a", "b", "c"]},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"]["kind"] == "bolt" and body["model"]["bundled"] is False
+    assert [f["id"] for f in body["forecasts"]] == ["a", "b", "c"] and body["horizon"] == 12
+    q, m = _as_arrays(body, levels)
+    q_ref, m_ref = _in_process(served.bolt, series, 12, levels)
+    np.testing.assert_allclose(q, q_ref, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(m, m_ref, rtol=1e-5, atol=1e-4)
+
+
+def test_concurrent_single_series_requests_are_batched(served: Served) -> None:
+    calls_before = _metric(served.url, "tickcast_serving_batch_requests_count")
+    requests_before = _metric(served.url, "tickcast_serving_batch_requests_sum")
+    series = _series(2, [300] * 48)
+
+    async def fire() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=120) as client:
+            return await asyncio.gather(
+                *(client.post(f"{served.url}/v1/forecast", json={"series": [s], "horizon": 8}) for s in series)
+            )
+
+    responses = asyncio.run(fire())
+    assert [r.status_code for r in responses] == [200] * 48
+    calls = _metric(served.url, "tickcast_serving_batch_requests_count") - calls_before
+    merged = _metric(served.url, "tickcast_serving_batch_requests_sum") - requests_before
+    assert merged == 48
+    assert calls < 48 / 2, f"{calls} model calls for 48 concurrent requests: not batched"
+    assert _metric(served.url, "tickcast_serving_batch_requests_max") > 1
+    # batching does not change the numbers (beyond float noise from padding)
+    q_ref, _ = _in_process(served.bolt, series, 8, [0.1, 0.5, 0.9])
+    q = np.stack([_as_arrays(r.json(), [0.1, 0.5, 0.9])[0][0] for r in responses])
+    np.testing.assert_allclose(q, q_ref, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (b'{"series": []}', 422),
+        (b'{"series": [[]]}', 422),
+        (b'{"series": [[1.0, NaN, 2.0]]}', 422),
+        (b'{"series": [[1.0, Infinity]]}', 422),
+        (b'{"series": [[1.0]], "horizon": 65}', 422),
+        (b'{"series": [[1.0]], "horizon": 0}', 422),
+        (b'{"series": [[1.0]], "model": "someone-else"}', 404),
+        (b'{"series": [[1.0]], "extra": 1}', 422),
+        (b"not json", 422),
+        (b"", 422),
+        (json.dumps({"series": [[1.0] * 4097]}).encode(), 422),
+        (json.dumps({"series": [[1.5] * 3000] * 40}).encode(), 413),
+    ],
+)
+def test_bad_input_gets_4xx(served: Served, body: bytes, status: int) -> None:
+    response = httpx.post(f"{served.url}/v1/forecast", content=body, timeout=30)
+    assert response.status_code == status, response.text
+    assert response.json()["detail"]
+
+
+def test_ticker_forecast_reads_context_from_the_lake(served: Served) -> None:
+    response = httpx.post(
+        f"{served.url}/v1/forecast/ticker",
+        json={"ticker": "AAPL", "interval": "minute", "horizon": 4, "context_length": 100},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    forecast = response.json()
+    lake = Lake(served.settings.lake)
+    bars = lake.read_bars("AAPL", "minute")
+    assert forecast["last_bar_start"] == bars["start"][-1].as_py().isoformat().replace("+00:00", "Z")
+    assert forecast["context_used"] == 100 and forecast["model_id"] == "bolt" and forecast["horizon"] == 4
+    closes = bars["close"].to_pylist()[-100:]
+    _, m_ref = _in_process(served.bolt, [closes], 4, [0.1, 0.5, 0.9])
+    np.testing.assert_allclose(forecast["mean"], m_ref[0], rtol=1e-4, atol=1e-3)
+    got = httpx.get(f"{served.url}/v1/forecast/MSFT", params={"horizon": 3}, timeout=60)
+    assert got.status_code == 200 and got.json()["ticker"] == "MSFT" and len(got.json()["mean"]) == 3
+    assert httpx.get(f"{served.url}/v1/forecast/ZZZZ", timeout=30).status_code == 404
+    assert httpx.get(f"{served.url}/v1/forecast/not%20a%20ticker", timeout=30).status_code == 422
+
+
+def test_models_health_and_metrics(served: Served) -> None:
+    models = httpx.get(f"{served.url}/v1/models", timeout=30).json()["models"]
+    assert len(models) == 1 and models[0]["kind"] == "bolt" and models[0]["bundled"] is False
+    assert models[0]["max_horizon"] == 64 and "random weights" in models[0]["label"]
+    assert httpx.get(f"{served.url}/healthz", timeout=30).json()["ok"] is True
+    text = httpx.get(f"{served.url}/metrics", timeout=30).text
+    assert "tickcast_serving_requests_total" in text and "tickcast_serving_inference_seconds_bucket" in text
+
+
+def test_bearer_token(served: Served) -> None:
+    body = {"series": [[1.0, 2.0, 3.0]], "horizon": 2}
+    assert httpx.post(f"{served.secured_url}/v1/forecast", json=body, timeout=30).status_code == 401
+    wrong = {"Authorization": "Bearer nope"}
+    assert httpx.post(f"{served.secured_url}/v1/forecast", json=body, headers=wrong, timeout=30).status_code == 401
+    right = {"Authorization": f"Bearer {TOKEN}"}
+    assert httpx.post(f"{served.secured_url}/v1/forecast", json=body, headers=right, timeout=30).status_code == 200
+    assert httpx.get(f"{served.secured_url}/v1/models", timeout=30).status_code == 401
+    assert httpx.get(f"{served.secured_url}/healthz", timeout=30).status_code == 200  # probes need no token
+
+
+def test_fuzzing_the_openapi_finds_no_server_error(served: Served) -> None:
+    """Schemathesis cases (valid and invalid by the schema) for every operation: never a 5xx."""
+    from hypothesis import given
+    from hypothesis.errors import Unsatisfiable
+    from schemathesis import GenerationMode
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import response_schema_conformance
+
+    schema = schemathesis.openapi.from_url(f"{served.url}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {op.path for op in operations} >= {"/v1/forecast", "/v1/forecast/ticker", "/v1/models", "/healthz"}
+    for operation in operations:
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+
+            @hsettings(
+                max_examples=15,
+                deadline=None,
+                suppress_health_check=list(HealthCheck),
+                derandomize=True,
+                database=None,
+            )
+            @given(case=operation.as_strategy(generation_mode=mode))
+            def check(case: Any) -> None:
+                case.call_and_validate(
+                    base_url=served.url, checks=[not_a_server_error, response_schema_conformance], timeout=60
+                )
+
+            try:
+                check()
+            except Unsatisfiable:
+                # nothing to make invalid (an operation without parameters or body)
+                assert mode is GenerationMode.NEGATIVE, operation.path
+
+
+def test_batch_forecast_writes_the_lake_idempotently(served: Served) -> None:
+    from serving.batch import batch_forecast
+
+    settings = served.settings
+    args = dict(horizon=4, context_length=120, model=str(served.bolt), actors=1, progress=False)
+    report = batch_forecast(settings, ["AAPL", "MSFT", "NOPE"], **args)
+    assert (report.tickers, report.forecast, report.skipped, report.failed) == (3, 2, ["NOPE"], {})
+    lake = Lake(settings.lake)
+    files = lake.list_files("forecasts")
+    rows = read_forecasts(lake, "AAPL", "minute")
+    assert rows.num_rows == 4 and rows["model_id"][0].as_py() == "bolt"
+    closes = lake.read_bars("AAPL", "minute")["close"].to_pylist()[-120:]
+    _, m_ref = _in_process(served.bolt, [closes], 4, [0.1, 0.5, 0.9])
+    np.testing.assert_allclose(rows["mean"].to_pylist(), m_ref[0], rtol=1e-4, atol=1e-3)
+    batch_forecast(settings, ["AAPL", "MSFT"], **args)  # same run again: same files, overwritten
+    assert lake.list_files("forecasts") == files and read_forecasts(lake, "AAPL", "minute").num_rows == 4
+
+
+def test_model_swap_without_downtime_then_from_minio(served: Served, s3_settings: Settings) -> None:
+    """reconfigure() swaps models in place while requests keep succeeding; then a model from MinIO."""
+    from ray import serve
+
+    from serving.app import APP_NAME, make_app
+
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        with httpx.Client(timeout=60) as client:
+            while not stop.is_set():
+                r = client.post(f"{served.url}/v1/forecast", json={"series": [[1.0, 2.0, 3.0] * 20], "horizon": 4})
+                statuses.append(r.status_code)
+
+    def swap(model: str) -> None:
+        settings = served.settings.model_copy(
+            update={"serving": served.settings.serving.model_copy(update={"model": model})}
+        )
+        serve.run(make_app(settings), name=APP_NAME, route_prefix="/")
+
+    worker = threading.Thread(target=traffic, daemon=True)
+    worker.start()
+    try:
+        time.sleep(1.0)
+        swap(str(served.chronos2))
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{served.url}/v1/models", timeout=30).json()["models"][0]["kind"] != "chronos2":
+            assert time.monotonic() < deadline, "model swap did not finish"
+            time.sleep(0.5)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        worker.join(timeout=60)
+    assert statuses and set(statuses) == {200}, f"requests failed during the swap: {set(statuses)}"
+
+    # Chronos-2 takes covariates: volume as a past covariate, equal to the in-process pipeline
+    series = _series(3, [64, 100])
+    volume = [np.linspace(1, 2, len(s)).round(3).tolist() for s in series]
+    body = {"series": series, "horizon": 5, "past_covariates": [{"volume": v} for v in volume]}
+    response = httpx.post(f"{served.url}/v1/forecast", json=body, timeout=60).json()
+    assert response["covariates_used"] is True and response["model"]["kind"] == "chronos2"
+    from chronos import BaseChronosPipeline
+
+    pipeline = BaseChronosPipeline.from_pretrained(str(served.chronos2), device_map="cpu", dtype=torch.float32)
+    inputs = [
+        {"target": np.array(s, dtype=np.float32), "past_covariates": {"volume": np.array(v, dtype=np.float32)}}
+        for s, v in zip(series, volume, strict=True)
+    ]
+    q_ref, _ = pipeline.predict_quantiles(inputs, prediction_length=5, quantile_levels=[0.1, 0.5, 0.9])
+    q, _ = _as_arrays(response, [0.1, 0.5, 0.9])
+    np.testing.assert_allclose(q, torch.cat([x[:1] for x in q_ref]).numpy(), rtol=1e-5, atol=1e-4)
+
+    # a checkpoint uploaded to the MinIO lake's registry, loaded by the replica from s3://
+    lake = Lake(s3_settings.lake)
+    for path in sorted(served.bolt.iterdir()):
+        lake.write_bytes(f"models/tiny/1/{path.name}", path.read_bytes())
+    swap(lake.uri("models/tiny/1"))
+    info = httpx.get(f"{served.url}/v1/models", timeout=30).json()["models"][0]
+    assert (info["id"], info["version"], info["source"], info["kind"]) == ("tiny", "1", "registry", "bolt")
+    series = _series(4, [80])
+    out = httpx.post(f"{served.url}/v1/forecast", json={"series": series, "horizon": 6}, timeout=60).json()
+    q_ref, _ = _in_process(served.bolt, series, 6, [0.1, 0.5, 0.9])
+    np.testing.assert_allclose(_as_arrays(out, [0.1, 0.5, 0.9])[0], q_ref, rtol=1e-5, atol=1e-4)
+    swap(str(served.bolt))

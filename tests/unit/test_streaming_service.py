@@ -1,0 +1,158 @@
+"""The forecaster's bookkeeping without a broker: coalescing, safe commit offsets, re-queueing.
+
+Records are built as kafka-python ``ConsumerRecord`` values and fed to the service's record
+handler directly; Serve is an unreachable URL, so every request fails the way an outage does.
+The full loop against the real broker and Ray Serve is in tests/integration.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.structs import TopicPartition
+
+from serving.streaming.client import CircuitBreaker, ServeClient
+from serving.streaming.service import ForecasterService
+from tickcast.contracts import Bar
+from tickcast.errors import ConfigError
+from tickcast.lake import Lake
+from tickcast.settings import Settings, load_settings
+
+T0 = datetime(2024, 1, 2, 15, 0, tzinfo=UTC)
+M = timedelta(minutes=1)
+
+
+def settings(tmp_path: Path, **forecaster: object) -> Settings:
+    return load_settings(
+        lake={"url": f"file://{tmp_path}"},
+        serving={"url": "http://127.0.0.1:9"},
+        forecaster={"metrics_port": 0, "warm_start": False, "micro_batch_wait_s": 0.0, **forecaster},
+    )
+
+
+def record(partition: int, offset: int, bar: Bar | bytes) -> tuple[TopicPartition, ConsumerRecord]:
+    value = bar if isinstance(bar, bytes) else bar.to_json()
+    tp = TopicPartition("bars", partition)
+    return tp, ConsumerRecord(
+        "bars", partition, -1, offset, int(time.time() * 1000), 0, b"k", value, [], None, 1, len(value), -1
+    )
+
+
+def bar(ticker: str, i: int, interval: str = "minute") -> Bar:
+    s = T0 + i * M
+    return Bar(ticker, interval, s, s + M, 10.0 + i, 11.0 + i, 9.0 + i, 10.5 + i, 5.0)
+
+
+def make(tmp_path: Path, **forecaster: object) -> ForecasterService:
+    s = settings(tmp_path, **forecaster)
+    client = ServeClient(s.serving.url, timeout_s=0.5, max_retries=0, breaker=CircuitBreaker(1, 60.0))
+    return ForecasterService(s, client=client, lake=Lake(s.lake))
+
+
+def test_coalescing_keeps_one_entry_per_ticker_and_the_first_uncovered_offset(tmp_path: Path) -> None:
+    service = make(tmp_path)
+    for i in range(5):
+        service._on_record(*record(0, 10 + i, bar("AAPL", i)))
+    service._on_record(*record(1, 3, bar("MSFT", 0)))
+    assert list(service.pending) == ["AAPL", "MSFT"]
+    assert service.pending["AAPL"].start == T0 + 4 * M  # the newest bar
+    assert service.stats.coalesced == 4
+    # nothing is forecast yet: commit only up to the first bar of each pending ticker
+    assert service.safe_offsets() == {("bars", 0): 10, ("bars", 1): 3}
+    # stale, invalid and other-interval records advance the offset but add nothing
+    service._on_record(*record(1, 4, bar("MSFT", 0)))
+    service._on_record(*record(1, 5, b"{not json"))
+    service._on_record(*record(1, 6, bar("IBM", 0, interval="day")))
+    assert (service.stats.bars_stale, service.stats.bars_invalid, service.stats.bars_other_interval) == (1, 1, 1)
+    assert len(service.pending) == 2
+    service.pending.clear()
+    assert service.safe_offsets() == {("bars", 0): 15, ("bars", 1): 7}
+    service.close()
+
+
+def test_failed_request_requeues_without_losing_the_older_offset(tmp_path: Path) -> None:
+    service = make(tmp_path)
+    service._on_record(*record(0, 0, bar("AAPL", 0)))
+    service._on_record(*record(0, 1, bar("MSFT", 0)))
+    service._dispatch()
+    assert not service.pending and len(service._in_flight) == 1
+    assert service.safe_offsets() == {("bars", 0): 0}  # in flight still blocks the commit
+    service._on_record(*record(0, 2, bar("AAPL", 1)))  # a newer bar while the request is out
+    service._collect(wait=True)  # Serve is down: the request fails
+    assert service.stats.serve_errors == 1
+    assert set(service.pending) == {"AAPL", "MSFT"}
+    assert service.pending["AAPL"].start == T0 + M  # the newer bar wins ...
+    assert service.pending["AAPL"].first_offset == 0  # ... but the commit stays behind the older one
+    assert service.client.breaker.state == "open"
+    service._dispatch()
+    assert not service._in_flight  # the open circuit holds requests back; pending stays bounded
+    assert len(service.pending) == 2
+    service.close()
+
+
+def test_pending_is_bounded_by_tickers_whatever_the_backlog(tmp_path: Path) -> None:
+    service = make(tmp_path, max_tickers=50, context_length=16)
+    offset = 0
+    for i in range(40):
+        for t in range(100):
+            service._on_record(*record(t % 3, offset, bar(f"T{t}", i)))
+            offset += 1
+    assert len(service.context) == 50
+    assert len(service.pending) <= 50
+    assert service.context.memory_bytes() == 50 * 16 * 8
+    service.close()
+
+
+def test_settings_beyond_serve_limits_are_rejected(tmp_path: Path) -> None:
+    s = load_settings(
+        lake={"url": f"file://{tmp_path}"},
+        serving={"max_series_per_request": 10},
+        forecaster={"micro_batch_max": 11, "metrics_port": 0},
+    )
+    with pytest.raises(ConfigError, match="MICRO_BATCH_MAX"):
+        ForecasterService(s)
+
+
+def test_failed_lake_write_keeps_the_batch_and_commits_nothing(tmp_path: Path) -> None:
+    from tickcast.contracts import Forecast
+    from tickcast.errors import StoreUnavailable
+
+    service = make(tmp_path)
+    service._on_record(*record(0, 0, bar("AAPL", 0)))
+    service.pending.clear()  # as if forecast: the offset is now safe to commit once persisted
+    f = Forecast("AAPL", "minute", "m", "1", T0, T0, 1, "close", [1.0], {"0.5": [1.0]})
+    service._forecast_buffer.append(f)
+    (tmp_path / "forecasts").write_text("a file where the table's folder belongs")
+    with pytest.raises(StoreUnavailable):
+        service.flush()
+    assert service._forecast_buffer == [f]  # kept for the next flush
+    assert service.stats.commits == 0 and service.health()[0] is False
+    (tmp_path / "forecasts").unlink()
+    service.flush()  # no consumer here, so nothing to commit, but the batch lands
+    assert not service._forecast_buffer and service.health()[0] is True
+    assert list(tmp_path.glob("forecasts/interval=minute/ticker=AAPL/date=*/fc-*.parquet"))
+    service.close()
+
+
+def test_cli_registers_the_forecaster_command() -> None:
+    from tickcast.cli import build_parser
+
+    args = build_parser().parse_args(["forecaster", "--timeout", "5", "--max-records", "10", "--no-warm-start"])
+    assert (args.command, args.timeout, args.max_records, args.no_warm_start) == ("forecaster", 5.0, 10, True)
+    assert callable(args.handler)
+
+
+def test_rebalance_keeps_pending_of_partitions_that_come_back(tmp_path: Path) -> None:
+    service = make(tmp_path)
+    service._on_record(*record(0, 5, bar("AAPL", 0)))
+    service._on_record(*record(1, 7, bar("MSFT", 0)))
+    service._on_revoked([TopicPartition("bars", 0), TopicPartition("bars", 1)])  # not started: nothing to flush
+    # an eager rebalance revokes everything; partition 0 comes back, partition 1 goes elsewhere
+    service._on_assigned([TopicPartition("bars", 0)])
+    assert list(service.pending) == ["AAPL"]
+    assert service.safe_offsets() == {("bars", 0): 5}
+    service.close()
