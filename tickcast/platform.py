@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 import urllib.error
@@ -54,6 +55,7 @@ class AppSpec:
     health_path: str
     start_timeout_s: float = 120.0
     grace_s: float = 20.0
+    env: tuple[tuple[str, str], ...] = ()  # settings this service needs on top of the user's
 
 
 class AppService(LocalService):
@@ -80,7 +82,7 @@ class AppService(LocalService):
     def command(self) -> tuple[list[str], dict[str, str]]:
         # --instance carries the marker that identifies this process in `ps` and pid checks.
         argv = [sys.executable, "-m", "tickcast", "--instance", self.marker, *self.spec.args]
-        return argv, inherited_env({})
+        return argv, inherited_env(dict(self.spec.env))
 
     def probe(self, timeout_s: float = 2.0) -> bool:
         return http_ok(f"http://{HOST}:{self.spec.port}{self.spec.health_path}", timeout_s)
@@ -141,8 +143,17 @@ def producer_args(settings: Settings) -> tuple[str, ...]:
     )
 
 
+def replays_sample(settings: Settings) -> bool:
+    """Whether the platform's producer replays the bundled daily sample (no Polygon key)."""
+    return producer_args(settings)[2] == "replay"
+
+
 def app_specs(settings: Settings) -> list[AppSpec]:
     """The platform's services in start order."""
+    # The sample is daily bars: the forecaster follows that interval unless told otherwise.
+    forecaster_env: tuple[tuple[str, str], ...] = ()
+    if replays_sample(settings) and "TICKCAST_FORECASTER__INTERVAL" not in os.environ:
+        forecaster_env = (("TICKCAST_FORECASTER__INTERVAL", "day"),)
     return [
         AppSpec("serve", ("serve",), settings.serving.port, "TICKCAST_SERVING__PORT", "/healthz", 240.0, 30.0),
         AppSpec(
@@ -154,6 +165,7 @@ def app_specs(settings: Settings) -> list[AppSpec]:
             settings.forecaster.metrics_port,
             "TICKCAST_FORECASTER__METRICS_PORT",
             "/healthz",
+            env=forecaster_env,
         ),
         AppSpec(
             "producer",
