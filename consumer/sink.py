@@ -17,7 +17,7 @@ Write ``C(p)`` for the group's committed offset of partition ``p``. The invarian
         offsets below ``C(p)``, each once; every other file of ``p`` is listed in a
         pending marker whose ``first`` offset is ``>= C(p)``.
 
-* **Writing keeps (I).** A flush covering ``[first, last]`` starts at ``first = C(p)``
+* **Writing keeps (I).** A flush covering ``[first, last]`` has ``first >= C(p)``
   (the partition is consumed from ``C(p)`` and flushes follow each other without gaps).
   It writes its pending marker *before* any file, so every new file is covered by a
   marker with ``first >= C(p)``. Each file appears atomically (temp file + rename; an S3
@@ -36,6 +36,10 @@ Write ``C(p)`` for the group's committed offset of partition ``p``. The invarian
   boundaries were) and drops markers with ``last < C(p)`` (committed; only the marker's
   deletion was lost). Now the lake holds exactly the records below ``C(p)``, and
   consumption restarts at ``C(p)``, so nothing is lost and nothing is written twice.
+  "Restarts at ``C(p)``" is enforced, not assumed: the partition stays paused until it is
+  recovered, records a poll returns for it meanwhile are discarded, and it is positioned
+  with an explicit ``seek(C(p))`` (the log start when nothing is committed), so the client
+  library can only hand over records from ``C(p)`` on.
 * **Rebalances.** On revocation the sink *drops* its uncommitted buffers instead of
   flushing them: the new owner re-reads from ``C(p)``. Revocation happens inside
   ``poll()``, and the sink never polls between writing a flush and committing it, so a
@@ -45,7 +49,10 @@ Write ``C(p)`` for the group's committed offset of partition ``p``. The invarian
   (stale generation); the sink stops writing objects once its last poll is older than
   half of ``max.poll.interval.ms``; and because batch cuts are a deterministic function
   of the records (count, bytes, Kafka record time; see :mod:`consumer.buffer`), the
-  new owner re-writes the very same object names with the very same content.
+  new owner re-writes the very same object names with the very same content. (Only a
+  wall-clock idle cut is not reproducible; a process frozen longer than the session
+  timeout right after such a cut, which then resumes mid-write, is the one case this
+  design narrows rather than excludes, as does any sink without fencing in the store.)
 * **Broker restarts** surface as failed polls or commits: a failed commit is treated
   like a crash of that flush (recover, then re-read), so it is safe whether or not the
   commit reached the broker.
