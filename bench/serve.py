@@ -14,12 +14,19 @@ built from a config: the compute is real, the forecasts are not) it measures, in
 Raw runs happen in this process, alternating with Serve runs (``--rounds``), so load from
 other processes drifting over time hits both alike; medians are reported.
 
+Each ``--modes`` entry runs on a fresh Ray cluster in a subprocess (Serve reads its tuning
+variables when the cluster starts): ``proxy`` is Ray's defaults, every request through the
+Serve HTTP proxy; ``optimized`` is ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` (what
+``TICKCAST_SERVING__THROUGHPUT_OPTIMIZED=true`` sets), where the low-load scenario is measured
+through the proxy and through the replica's direct-ingress port, and the throughput scenarios
+through the direct port.
+
 The replica and the raw pipeline use the same torch thread count. Everything shares this
 machine's cores (Ray, the proxy, the replica and the load generator), so ratios are what
 to compare across machines, not absolute numbers. Prints one JSON document.
 
-    .venv/bin/python bench/serve.py                      # both models, ~3 minutes on 2 cores
-    .venv/bin/python bench/serve.py --models bolt-tiny --duration 4
+    .venv/bin/python bench/serve.py                      # both models, both modes: ~8-10 minutes on 2 cores
+    .venv/bin/python bench/serve.py --models bolt-tiny --modes optimized --rounds 2
 """
 
 from __future__ import annotations

@@ -262,6 +262,10 @@ def test_fuzzing_the_openapi_finds_no_server_error(served: Served) -> None:
     from schemathesis.checks import not_a_server_error
     from schemathesis.specs.openapi.checks import response_schema_conformance
 
+    def answered(status: int) -> float:
+        return _metric(served.url, f'tickcast_serving_requests_total{{endpoint="forecast",status="{status}"}}')
+
+    before = {status: answered(status) for status in (200, 422)}
     schema = schemathesis.openapi.from_url(f"{served.url}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {op.path for op in operations} >= {"/v1/forecast", "/v1/forecast/ticker", "/v1/models", "/healthz"}
@@ -269,7 +273,7 @@ def test_fuzzing_the_openapi_finds_no_server_error(served: Served) -> None:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
             @hsettings(
-                max_examples=15,
+                max_examples=40,
                 deadline=None,
                 suppress_health_check=list(HealthCheck),
                 derandomize=True,
@@ -286,6 +290,8 @@ def test_fuzzing_the_openapi_finds_no_server_error(served: Served) -> None:
             except Unsatisfiable:
                 # nothing to make invalid (an operation without parameters or body)
                 assert mode is GenerationMode.NEGATIVE, operation.path
+    # the fuzzer reached the model with valid requests and was turned away with invalid ones
+    assert all(answered(status) > before[status] for status in (200, 422))
 
 
 def test_batch_forecast_writes_the_lake_idempotently(served: Served) -> None:
