@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -394,30 +395,24 @@ class ForecastService:
     )
     async def forecast(self, request: Request) -> Response:
         """Mean and quantile forecasts for one or more series sent in the body."""
-        start = time.perf_counter()
-        status = 500
-        try:
-            check_auth(self._token, request.headers.get("authorization"))
-            body = await self._read_body(request)
-            req = parse_body(ForecastRequest, body)
+
+        async def run() -> Response:
+            req = parse_body(ForecastRequest, await self._read_body(request))
             forecaster = self._ready()
             job = forecast_job(req, forecaster.info, self._defaults)
             output = await self._forecast(job)
             ids = req.ids or [None] * job.size
-            payload = {
-                "model": _model_summary(forecaster),
-                "horizon": job.horizon,
-                "quantile_levels": list(job.quantile_levels),
-                "covariates_used": output.covariates_used,
-                "forecasts": [{"id": ids[i], **output.series(i)} for i in range(job.size)],
-            }
-            status = 200
-            return _json(payload)
-        except ApiError as exc:
-            status = exc.status
-            raise
-        finally:
-            self._metrics.request("forecast", status, time.perf_counter() - start)
+            return _json(
+                {
+                    "model": _model_summary(forecaster),
+                    "horizon": job.horizon,
+                    "quantile_levels": list(job.quantile_levels),
+                    "covariates_used": output.covariates_used,
+                    "forecasts": [{"id": ids[i], **output.series(i)} for i in range(job.size)],
+                }
+            )
+
+        return await self._measured("forecast", request, run)
 
     @api.post(
         "/v1/forecast/ticker",
@@ -428,19 +423,11 @@ class ForecastService:
     )
     async def forecast_ticker(self, request: Request) -> Response:
         """Read the ticker's last ``context_length`` bars from the lake and forecast them."""
-        start = time.perf_counter()
-        status = 500
-        try:
-            check_auth(self._token, request.headers.get("authorization"))
-            req = parse_body(TickerForecastRequest, await self._read_body(request))
-            result = await self._ticker(req)
-            status = 200
-            return result
-        except ApiError as exc:
-            status = exc.status
-            raise
-        finally:
-            self._metrics.request("forecast_ticker", status, time.perf_counter() - start)
+
+        async def run() -> Response:
+            return await self._ticker(parse_body(TickerForecastRequest, await self._read_body(request)))
+
+        return await self._measured("forecast_ticker", request, run)
 
     @api.get(
         "/v1/forecast/{ticker}",
@@ -458,22 +445,29 @@ class ForecastService:
         target: str | None = None,
     ) -> Response:
         """The same as ``POST /v1/forecast/ticker`` with the default quantile levels."""
+        payload = {"ticker": ticker, "interval": interval, "horizon": horizon, "context_length": context_length}
+        if target is not None:
+            payload["target"] = target
+
+        async def run() -> Response:
+            return await self._ticker(parse_body(TickerForecastRequest, json.dumps(payload).encode()))
+
+        return await self._measured("forecast_ticker", request, run)
+
+    async def _measured(self, endpoint: str, request: Request, handler: Callable[[], Awaitable[Response]]) -> Response:
+        """Check the bearer token, run ``handler``, and record the request's status and latency."""
         start = time.perf_counter()
         status = 500
         try:
             check_auth(self._token, request.headers.get("authorization"))
-            payload = {"ticker": ticker, "interval": interval, "horizon": horizon, "context_length": context_length}
-            if target is not None:
-                payload["target"] = target
-            req = parse_body(TickerForecastRequest, json.dumps(payload).encode())
-            result = await self._ticker(req)
+            response = await handler()
             status = 200
-            return result
+            return response
         except ApiError as exc:
             status = exc.status
             raise
         finally:
-            self._metrics.request("forecast_ticker", status, time.perf_counter() - start)
+            self._metrics.request(endpoint, status, time.perf_counter() - start)
 
     async def _ticker(self, req: TickerForecastRequest) -> Response:
         from serving.context import UnknownTicker, read_context
