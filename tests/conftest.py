@@ -257,3 +257,22 @@ def private_infra(tmp_path: Path) -> Iterator[Callable[..., LocalInfra]]:
     yield create
     for local in instances:
         local.manager.down()
+
+
+def build_micro_bolt(path: Path) -> Path:
+    """A one-layer, random-weight Bolt checkpoint (context 64, horizon 8): fast enough for a
+    Serve replica on two shared cores in integration tests."""
+    from serving.tiny_models import build_tiny_model
+
+    return build_tiny_model(
+        "bolt-tiny",
+        path,
+        context_length=64,
+        max_horizon=8,
+        d_model=64,
+        d_ff=128,
+        d_kv=32,
+        num_heads=2,
+        num_layers=1,
+        num_decoder_layers=1,
+    )

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import build_micro_bolt
 from dashboard_lake import write_sample
 from streamlit.testing.v1 import AppTest
 
@@ -38,23 +39,11 @@ def serve_lake(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
     from ray import serve
 
     from serving.app import APP_NAME, make_app
-    from serving.tiny_models import build_tiny_model
 
     root = tmp_path_factory.mktemp("dash-serve")
     lake_url = f"file://{root / 'lake'}"
     write_sample(Lake(load_settings(lake={"url": lake_url}).lake), tickers=("AAA",), forecasts=False)
-    model = build_tiny_model(
-        "bolt-tiny",
-        root / "bolt-micro",
-        context_length=64,
-        max_horizon=8,
-        d_model=64,
-        d_ff=128,
-        d_kv=32,
-        num_heads=2,
-        num_layers=1,
-        num_decoder_layers=1,
-    )
+    model = build_micro_bolt(root / "bolt-micro")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     settings = load_settings(

@@ -12,7 +12,6 @@ random-weight Bolt model), real lake on disk.
 from __future__ import annotations
 
 import os
-import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,6 +23,7 @@ from typing import Any
 import duckdb
 import numpy as np
 import pytest
+from conftest import build_micro_bolt, free_port
 
 from serving.streaming.service import ForecasterService
 from tickcast.contracts import Bar, Forecast, quantile_loss
@@ -66,23 +66,8 @@ def serve_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeHandle]
     import ray
     from ray import serve
 
-    from serving.tiny_models import build_tiny_model
-
-    model = build_tiny_model(
-        "bolt-tiny",
-        tmp_path_factory.mktemp("model") / "bolt-micro",
-        context_length=64,
-        max_horizon=8,
-        d_model=64,
-        d_ff=128,
-        d_kv=32,
-        num_heads=2,
-        num_layers=1,
-        num_decoder_layers=1,
-    )
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    model = build_micro_bolt(tmp_path_factory.mktemp("model") / "bolt-micro")
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     settings = load_settings(
         serving={"model": str(model), "device": "cpu", "torch_threads": 1, "num_cpus": 0.5, "port": port, "url": url}
