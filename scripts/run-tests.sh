@@ -15,16 +15,10 @@ run_pytest() {  # run_pytest LABEL PYTHON ARGS...: returns pytest's status, 5 tu
   return "$status"
 }
 
-# The Pulumi SDK's mock runtime intermittently awaits a resource read (get_resource) on a
-# previous program's event loop ("attached to a different loop"), whatever the program does;
-# a run takes seconds, so the suite is retried whole, and every failed attempt is reported.
-pulumi_status=1
-for attempt in 1 2 3 4 5; do
-  pulumi_status=0
-  (cd pulumi && run_pytest pulumi .venv/bin/python tests -q -p no:cacheprovider) || pulumi_status=$?
-  [ "$pulumi_status" -eq 0 ] && break
-  echo "pulumi tests: attempt $attempt failed (status $pulumi_status)" >&2
-done
+# Once, no retry: a failing Pulumi test fails the run (the SDK's event-loop race is fixed at its
+# cause in pulumi/tests/conftest.py: RecordingMonitor).
+pulumi_status=0
+(cd pulumi && run_pytest pulumi .venv/bin/python tests -q -p no:cacheprovider) || pulumi_status=$?
 main_status=0
 run_pytest main .venv/bin/python tests -q -p no:cacheprovider "$@" || main_status=$?
 

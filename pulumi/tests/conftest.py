@@ -17,6 +17,10 @@ from typing import Any
 import pulumi
 import pytest
 import yaml
+from google.protobuf import struct_pb2
+from pulumi.runtime.mocks import MockMonitor
+
+_SIG_KEY = "4dabf18193072939515e22adb298388d"  # pulumi.runtime.rpc._special_sig_key
 
 PULUMI_DIR = Path(__file__).resolve().parents[1]
 if str(PULUMI_DIR) not in sys.path:
@@ -125,6 +129,59 @@ class RecordingMocks(pulumi.runtime.Mocks):
         return {}, []
 
 
+_RESOURCE_SIG = "5cf8f73096256a8f31e491e813e4eb8e"  # pulumi.runtime.rpc._special_resource_sig
+
+
+def _resource_refs_as_urns(value: struct_pb2.Value) -> None:
+    """Replace every resource reference inside ``value`` by its URN, in place."""
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        fields = value.struct_value.fields
+        if fields.get(_SIG_KEY) is not None and fields[_SIG_KEY].string_value == _RESOURCE_SIG:
+            value.string_value = fields["urn"].string_value
+            return
+        for item in fields.values():
+            _resource_refs_as_urns(item)
+    elif kind == "list_value":
+        for item in value.list_value.values:
+            _resource_refs_as_urns(item)
+
+
+def _without_resource_refs(struct: struct_pb2.Struct) -> struct_pb2.Struct:
+    wrapped = struct_pb2.Value()
+    wrapped.struct_value.CopyFrom(struct)
+    _resource_refs_as_urns(wrapped)
+    return wrapped.struct_value if wrapped.WhichOneof("kind") == "struct_value" else struct_pb2.Struct()
+
+
+class RecordingMonitor(MockMonitor):
+    """The SDK's mock monitor, except that resource references in inputs stay URNs.
+
+    The SDK runs the monitor's calls on executor threads and, when it deserializes an
+    input that references a resource (an EKS cluster, an IAM role), builds a live Resource
+    there, whose read (``get_resource``) is scheduled on that thread's own event loop. The
+    program's loop then awaits it and fails with "attached to a different loop", depending
+    on timing. The recorded inputs only need the reference, so the monitor never builds one.
+    """
+
+    def RegisterResource(self, request: Any) -> Any:
+        request.object.CopyFrom(_without_resource_refs(request.object))
+        return super().RegisterResource(request)
+
+    def ReadResource(self, request: Any) -> Any:
+        request.properties.CopyFrom(_without_resource_refs(request.properties))
+        return super().ReadResource(request)
+
+    def Invoke(self, request: Any) -> Any:
+        request.args.CopyFrom(_without_resource_refs(request.args))
+        return super().Invoke(request)
+
+
+def install_mocks(mocks: RecordingMocks, stack: str) -> None:
+    """``pulumi.runtime.set_mocks`` with :class:`RecordingMonitor`."""
+    pulumi.runtime.set_mocks(mocks, project="tickcast", stack=stack, preview=False, monitor=RecordingMonitor(mocks))
+
+
 @dataclass
 class Deployment:
     """The result of one mocked run of the program."""
@@ -157,7 +214,7 @@ def run_program(stack: str, config: dict[str, Any]) -> Deployment:
 
     region = str(config.get("aws:region", REGION_FALLBACK))
     mocks = RecordingMocks(region)
-    pulumi.runtime.set_mocks(mocks, project="tickcast", stack=stack, preview=False)
+    install_mocks(mocks, stack)
     raw = {key: value if isinstance(value, str) else json.dumps(value) for key, value in config.items()}
     secret_keys = [key for key in raw if key == "tickcast:polygonApiKey"]
     pulumi.runtime.set_all_config(raw, secret_keys)
@@ -205,7 +262,6 @@ def deployment(request: pytest.FixtureRequest) -> Deployment:
     return request.getfixturevalue(request.param)
 
 
-_SIG_KEY = "4dabf18193072939515e22adb298388d"  # pulumi.runtime.rpc._special_sig_key
 _SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"  # pulumi.runtime.rpc._special_secret_sig
 
 

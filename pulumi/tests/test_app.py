@@ -12,7 +12,15 @@ import pulumi
 import pytest
 import yaml
 
-from conftest import PULUMI_DIR, Deployment, RecordingMocks, run_program, stack_file_config, with_secret
+from conftest import (
+    PULUMI_DIR,
+    Deployment,
+    RecordingMocks,
+    install_mocks,
+    run_program,
+    stack_file_config,
+    with_secret,
+)
 from tickcast_infra.app import CHART_COMPONENTS, ChartInputs, DashboardIngress, _ingress_url, chart_values
 from tickcast_infra.chart_names import (
     CHART_WORKLOADS,
@@ -239,7 +247,7 @@ def test_main_program_runs_and_exports_the_outputs(monkeypatch: pytest.MonkeyPat
 
     exported: dict[str, object] = {}
     monkeypatch.setattr(pulumi, "export", exported.__setitem__)
-    pulumi.runtime.set_mocks(RecordingMocks("us-east-1"), project="tickcast", stack="main", preview=False)
+    install_mocks(RecordingMocks("us-east-1"), "main")
     config = with_secret(stack_file_config("dev"))
     raw = {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
     pulumi.runtime.set_all_config(raw, ["tickcast:polygonApiKey"])

@@ -20,18 +20,15 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import schemathesis
+from forecast_reference import assert_forecasts_close, reference_quantiles
+from hypothesis import HealthCheck
+from hypothesis import settings as hsettings
 
-pytest.importorskip("ray")
-torch = pytest.importorskip("torch")
-schemathesis = pytest.importorskip("schemathesis")
-
-from hypothesis import HealthCheck  # noqa: E402
-from hypothesis import settings as hsettings  # noqa: E402
-
-from serving.tiny_models import build_tiny_model  # noqa: E402
-from tickcast.contracts import Bar  # noqa: E402
-from tickcast.lake import Lake, read_forecasts  # noqa: E402
-from tickcast.settings import Settings, load_settings  # noqa: E402
+from serving.tiny_models import build_tiny_model
+from tickcast.contracts import Bar
+from tickcast.lake import Lake, read_forecasts
+from tickcast.settings import Settings, load_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -123,16 +120,30 @@ def _series(seed: int, lengths: list[int]) -> list[list[float]]:
     return [(100 + rng.standard_normal(n).cumsum()).round(3).tolist() for n in lengths]
 
 
-def _in_process(path: Path, series: list[list[float]], horizon: int, levels: list[float]) -> tuple[Any, Any]:
-    from chronos import BaseChronosPipeline
-
-    pipeline = BaseChronosPipeline.from_pretrained(str(path), device_map="cpu", dtype=torch.float32)
-    q, m = pipeline.predict_quantiles(
-        [torch.tensor(s, dtype=torch.float32) for s in series], prediction_length=horizon, quantile_levels=levels
+def _check_against_pipeline(
+    served: Served,
+    path: Path,
+    series: list[list[float]],
+    horizon: int,
+    levels: list[float],
+    q: np.ndarray | None,
+    m: np.ndarray | None,
+    past_covariates: list[dict[str, Any]] | None = None,
+) -> None:
+    """Served quantiles ``q`` and mean ``m`` equal the raw pipeline's, run in this process with
+    the replica's thread count (see forecast_reference for why that matters)."""
+    q_ref, m_ref, limit = reference_quantiles(
+        path,
+        series,
+        horizon,
+        levels,
+        threads=served.settings.serving.torch_threads,
+        past_covariates=past_covariates,
     )
-    if isinstance(q, list):
-        q, m = torch.cat([x[:1] for x in q]), torch.cat([x[:1] for x in m])
-    return q.numpy(), m.numpy()
+    if q is not None:
+        assert_forecasts_close(q, q_ref, series, limit)
+    if m is not None:
+        assert_forecasts_close(m, m_ref, series, limit)
 
 
 def _as_arrays(body: dict[str, Any], levels: list[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -161,9 +172,7 @@ def test_http_forecasts_equal_the_in_process_pipeline(served: Served) -> None:
     assert body["model"]["kind"] == "bolt" and body["model"]["bundled"] is False
     assert [f["id"] for f in body["forecasts"]] == ["a", "b", "c"] and body["horizon"] == 12
     q, m = _as_arrays(body, levels)
-    q_ref, m_ref = _in_process(served.bolt, series, 12, levels)
-    np.testing.assert_allclose(q, q_ref, rtol=1e-5, atol=1e-4)
-    np.testing.assert_allclose(m, m_ref, rtol=1e-5, atol=1e-4)
+    _check_against_pipeline(served, served.bolt, series, 12, levels, q, m)
 
 
 def test_concurrent_single_series_requests_are_batched(served: Served) -> None:
@@ -184,10 +193,9 @@ def test_concurrent_single_series_requests_are_batched(served: Served) -> None:
     assert merged == 48
     assert calls < 48 / 2, f"{calls} model calls for 48 concurrent requests: not batched"
     assert _metric(served.url, "tickcast_serving_batch_requests_max") > 1
-    # batching does not change the numbers (beyond float noise from padding)
-    q_ref, _ = _in_process(served.bolt, series, 8, [0.1, 0.5, 0.9])
+    # batching does not change the numbers beyond float32 reordering (the batches differ)
     q = np.stack([_as_arrays(r.json(), [0.1, 0.5, 0.9])[0][0] for r in responses])
-    np.testing.assert_allclose(q, q_ref, rtol=1e-4, atol=1e-3)
+    _check_against_pipeline(served, served.bolt, series, 8, [0.1, 0.5, 0.9], q, None)
 
 
 @pytest.mark.parametrize(
@@ -226,8 +234,7 @@ def test_ticker_forecast_reads_context_from_the_lake(served: Served) -> None:
     assert forecast["last_bar_start"] == bars["start"][-1].as_py().isoformat().replace("+00:00", "Z")
     assert forecast["context_used"] == 100 and forecast["model_id"] == "bolt" and forecast["horizon"] == 4
     closes = bars["close"].to_pylist()[-100:]
-    _, m_ref = _in_process(served.bolt, [closes], 4, [0.1, 0.5, 0.9])
-    np.testing.assert_allclose(forecast["mean"], m_ref[0], rtol=1e-4, atol=1e-3)
+    _check_against_pipeline(served, served.bolt, [closes], 4, [0.1, 0.5, 0.9], None, np.array([forecast["mean"]]))
     got = httpx.get(f"{served.url}/v1/forecast/MSFT", params={"horizon": 3}, timeout=60)
     assert got.status_code == 200 and got.json()["ticker"] == "MSFT" and len(got.json()["mean"]) == 3
     assert httpx.get(f"{served.url}/v1/forecast/ZZZZ", timeout=30).status_code == 404
@@ -306,8 +313,8 @@ def test_batch_forecast_writes_the_lake_idempotently(served: Served) -> None:
     rows = read_forecasts(lake, "AAPL", "minute")
     assert rows.num_rows == 4 and rows["model_id"][0].as_py() == "bolt"
     closes = lake.read_bars("AAPL", "minute")["close"].to_pylist()[-120:]
-    _, m_ref = _in_process(served.bolt, [closes], 4, [0.1, 0.5, 0.9])
-    np.testing.assert_allclose(rows["mean"].to_pylist(), m_ref[0], rtol=1e-4, atol=1e-3)
+    mean = np.array([rows["mean"].to_pylist()])
+    _check_against_pipeline(served, served.bolt, [closes], 4, [0.1, 0.5, 0.9], None, mean)
     batch_forecast(settings, ["AAPL", "MSFT"], **args)  # same run again: same files, overwritten
     assert lake.list_files("forecasts") == files and read_forecasts(lake, "AAPL", "minute").num_rows == 4
 
@@ -354,16 +361,9 @@ def test_model_swap_without_downtime_then_from_minio(served: Served, s3_settings
     body = {"series": series, "horizon": 5, "past_covariates": [{"volume": v} for v in volume]}
     response = httpx.post(f"{served.url}/v1/forecast", json=body, timeout=60).json()
     assert response["covariates_used"] is True and response["model"]["kind"] == "chronos2"
-    from chronos import BaseChronosPipeline
-
-    pipeline = BaseChronosPipeline.from_pretrained(str(served.chronos2), device_map="cpu", dtype=torch.float32)
-    inputs = [
-        {"target": np.array(s, dtype=np.float32), "past_covariates": {"volume": np.array(v, dtype=np.float32)}}
-        for s, v in zip(series, volume, strict=True)
-    ]
-    q_ref, _ = pipeline.predict_quantiles(inputs, prediction_length=5, quantile_levels=[0.1, 0.5, 0.9])
     q, _ = _as_arrays(response, [0.1, 0.5, 0.9])
-    np.testing.assert_allclose(q, torch.cat([x[:1] for x in q_ref]).numpy(), rtol=1e-5, atol=1e-4)
+    covariates = [{"volume": v} for v in volume]
+    _check_against_pipeline(served, served.chronos2, series, 5, [0.1, 0.5, 0.9], q, None, covariates)
 
     # a checkpoint uploaded to the MinIO lake's registry, loaded by the replica from s3://
     lake = Lake(s3_settings.lake)
@@ -374,6 +374,5 @@ def test_model_swap_without_downtime_then_from_minio(served: Served, s3_settings
     assert (info["id"], info["version"], info["source"], info["kind"]) == ("tiny", "1", "registry", "bolt")
     series = _series(4, [80])
     out = httpx.post(f"{served.url}/v1/forecast", json={"series": series, "horizon": 6}, timeout=60).json()
-    q_ref, _ = _in_process(served.bolt, series, 6, [0.1, 0.5, 0.9])
-    np.testing.assert_allclose(_as_arrays(out, [0.1, 0.5, 0.9])[0], q_ref, rtol=1e-5, atol=1e-4)
+    _check_against_pipeline(served, served.bolt, series, 6, [0.1, 0.5, 0.9], _as_arrays(out, [0.1, 0.5, 0.9])[0], None)
     swap(str(served.bolt))

@@ -7,8 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("torch")
-
 from serving.forecaster import Forecaster
 from serving.models import resolve_model
 from serving.tiny_models import build_tiny_model

@@ -5,9 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-pytest.importorskip("ray")
-
 import yaml
 from ray.serve.schema import ServeDeploySchema
 

@@ -10,13 +10,11 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
+from chronos import BaseChronosPipeline, Chronos2Pipeline
 
-torch = pytest.importorskip("torch")
-
-from chronos import BaseChronosPipeline, Chronos2Pipeline  # noqa: E402
-
-from training.bundle import BUNDLED_DIR, BUNDLED_ID, LABEL, METADATA_FILE  # noqa: E402
-from training.suites import run_suite  # noqa: E402
+from training.bundle import BUNDLED_DIR, BUNDLED_ID, LABEL, METADATA_FILE
+from training.suites import run_suite
 
 
 @pytest.fixture(scope="module")

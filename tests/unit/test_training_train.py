@@ -8,17 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from chronos import BaseChronosPipeline, Chronos2Pipeline
 
-torch = pytest.importorskip("torch")
-
-from chronos import BaseChronosPipeline, Chronos2Pipeline  # noqa: E402
-
-from tickcast.errors import ModelError  # noqa: E402
-from tickcast.lake import Lake  # noqa: E402
-from tickcast.settings import load_settings  # noqa: E402
-from training.registry import get_entry, latest_version, list_models, list_versions, register_model  # noqa: E402
-from training.synthetic import SyntheticSeries  # noqa: E402
-from training.train import TrainConfig, build_model, count_parameters, last_checkpoint, train_model  # noqa: E402
+from tickcast.errors import ModelError
+from tickcast.lake import Lake
+from tickcast.settings import load_settings
+from training.registry import get_entry, latest_version, list_models, list_versions, register_model
+from training.synthetic import SyntheticSeries
+from training.train import TrainConfig, build_model, count_parameters, last_checkpoint, train_model
 
 
 @pytest.fixture(autouse=True)
@@ -89,7 +87,6 @@ def test_a_crashed_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
 
 
 def test_lora_finetuning_merges_the_adapter(tmp_path: Path) -> None:
-    pytest.importorskip("peft")
     base = build_model("tiny", seed=2)
     series = [np.sin(np.arange(300) / 5.0) * 10 + 50 + i for i in range(4)]
     result = train_model(base, series, _config(finetune_mode="lora", num_steps=2, save_steps=0), tmp_path / "lora")
