@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tickcast.config_cli",
     "tickcast.infra.cli",
     "tickcast.platform_cli",
+    "tickcast.lake_cli",
     "producer.cli",
     "consumer.cli",
     "serving.cli",

@@ -206,12 +206,33 @@ class Platform:
         started = time.monotonic()
         self.progress(f"[1/{total}] infrastructure (state in {self.infra.state_dir})")
         self.infra.up()
+        self.check_lake_layout()
         ensure_topics(self.settings.kafka)
         for i, name in enumerate(names, start=2):
             self.progress(f"[{i}/{total}] {name}")
             self.apps[name].start()
         self.progress(f"platform up in {time.monotonic() - started:.0f} s")
         return self.status()
+
+    def check_lake_layout(self) -> None:
+        """Refuse to start on a lake that still holds tables in the earlier (Hive Parquet) layout.
+
+        Raises:
+            TickcastError: naming the tables and the command that converts them.
+        """
+        from tickcast.errors import TickcastError
+        from tickcast.lake import Lake
+        from tickcast.lake.migrate import needs_migration
+
+        url = self.settings.lake.url
+        pending = needs_migration(Lake(self.settings.lake))
+        if pending:
+            raise TickcastError(
+                f"the lake at {url} holds {', '.join(pending)} in the earlier Parquet layout, "
+                "which this version reads as Delta tables",
+                f"convert it once with `tickcast lake migrate --from {url}` (in place, nothing lost; "
+                "add --delete-source to drop the old files), then run make up again",
+            )
 
     def down(self) -> list[ServiceStatus]:
         """Stop the services in reverse start order, then the infrastructure."""

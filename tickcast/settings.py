@@ -229,6 +229,12 @@ class ConsumerSettings(BaseModel):
     store_outage_limit_s: float = Field(
         300.0, gt=0, description="Stop with an error when the store stays down this long, in seconds."
     )
+    compact_after_commits: int = Field(
+        8,
+        ge=0,
+        description="Bin-pack a bars partition's small files after this many commits to it (0 disables); "
+        "`tickcast lake optimize` does the full sort and dedupe.",
+    )
     metrics_port: int = Field(9320, ge=0, le=65535, description="Prometheus metrics port (0 disables).")
     session_timeout_s: float = Field(
         10.0,
