@@ -1,4 +1,4 @@
-"""Kafka to lake: the exactly-once Parquet sink (``tickcast consume``) and compaction (``tickcast compact``).
+"""Kafka to lake: the exactly-once sink into the Delta ``bars`` table (``tickcast consume``).
 
 See :mod:`consumer.sink` for why every bar lands exactly once.
 """
@@ -8,10 +8,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from consumer.compact import CompactionResult, compact
     from consumer.sink import Sink, SinkStats, serve
 
-__all__ = ["CompactionResult", "Sink", "SinkStats", "compact", "serve"]
+__all__ = ["Sink", "SinkStats", "serve"]
 
 
 def __getattr__(name: str) -> Any:
@@ -20,8 +19,4 @@ def __getattr__(name: str) -> Any:
         from consumer import sink
 
         return getattr(sink, name)
-    if name in ("CompactionResult", "compact"):
-        from consumer import compact as module
-
-        return getattr(module, name)
     raise AttributeError(name)

@@ -22,6 +22,7 @@ in halves until the offending values are isolated and sent to the slow path.
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -33,18 +34,19 @@ import pyarrow.json as pj
 
 from tickcast.contracts import INTERVALS, SCHEMA_VERSION, Bar
 from tickcast.errors import TickcastError
-from tickcast.lake import BAR_FILE_SCHEMA
+from tickcast.lake import BAR_SCHEMA
 
-#: Provenance columns the sink adds to every bar file: where the row came from in Kafka.
+#: Provenance columns: where the row came from in Kafka (the buffer cuts batches by offset).
 PARTITION_COLUMN: Final = "_partition"
 OFFSET_COLUMN: Final = "_offset"
+#: When the bar entered the platform: its Kafka record timestamp (the bars table's revision).
+INGESTED_COLUMN: Final = "ingested_at"
 
-#: What the decoder produces: the file columns, the two path columns and provenance.
+#: What the decoder produces: the bar columns of the lake, the ingestion time and provenance.
 SINK_SCHEMA: Final = pa.schema(
     [
-        *BAR_FILE_SCHEMA,
-        pa.field("interval", pa.string()),
-        pa.field("ticker", pa.string()),
+        *BAR_SCHEMA,
+        pa.field(INGESTED_COLUMN, pa.timestamp("us", tz="UTC")),
         pa.field(PARTITION_COLUMN, pa.int32()),
         pa.field(OFFSET_COLUMN, pa.int64()),
     ]
@@ -221,9 +223,15 @@ def _slow(value: bytes | None) -> Bar | tuple[str, str]:
     return bar
 
 
-def _slow_table(bars: list[Bar], offsets: list[int], partition: int) -> pa.Table:
+def _ingested(timestamps_ms: Sequence[int]) -> pa.Array:
+    return pa.array(np.asarray(timestamps_ms, dtype=np.int64) * 1000, pa.int64()).cast(_TS_TYPE)
+
+
+def _slow_table(bars: list[Bar], offsets: list[int], timestamps: list[int], partition: int) -> pa.Table:
     columns: dict[str, list[Any]] = {name: [] for name in SINK_SCHEMA.names}
     for bar, offset in zip(bars, offsets, strict=True):
+        columns["ticker"].append(bar.ticker)
+        columns["interval"].append(bar.interval)
         columns["start"].append(bar.start)
         columns["end"].append(bar.end)
         columns["open"].append(float(bar.open))
@@ -234,34 +242,41 @@ def _slow_table(bars: list[Bar], offsets: list[int], partition: int) -> pa.Table
         columns["vwap"].append(None if bar.vwap is None else float(bar.vwap))
         columns["trades"].append(bar.trades)
         columns["source"].append(bar.source)
-        columns["interval"].append(bar.interval)
-        columns["ticker"].append(bar.ticker)
+        columns[INGESTED_COLUMN].append(None)
         columns[PARTITION_COLUMN].append(partition)
         columns[OFFSET_COLUMN].append(offset)
-    return pa.Table.from_pydict(columns, schema=SINK_SCHEMA)
+    table = pa.Table.from_pydict(columns, schema=SINK_SCHEMA)
+    return table.set_column(SINK_SCHEMA.get_field_index(INGESTED_COLUMN), INGESTED_COLUMN, _ingested(timestamps))
 
 
-def _sink_table(good: pa.Table, offsets: pa.Array, partition: int) -> pa.Table:
+def _sink_table(good: pa.Table, offsets: pa.Array, timestamps: Sequence[int], partition: int) -> pa.Table:
     n = good.num_rows
-    arrays = [good[name] for name in BAR_FILE_SCHEMA.names]
-    arrays += [good["interval"], good["ticker"], pa.array(np.full(n, partition, dtype=np.int32))]
-    arrays.append(offsets)
+    arrays = [good[name] for name in BAR_SCHEMA.names]
+    arrays += [_ingested(timestamps), pa.array(np.full(n, partition, dtype=np.int32)), offsets]
     return pa.Table.from_arrays(arrays, schema=SINK_SCHEMA)
 
 
-def decode_batch(values: Sequence[bytes | None], offsets: Sequence[int], partition: int) -> Decoded:
+def decode_batch(
+    values: Sequence[bytes | None],
+    offsets: Sequence[int],
+    partition: int,
+    timestamps: Sequence[int] | None = None,
+) -> Decoded:
     """Decode the values of one partition's records (in offset order).
 
     Args:
         values: the record values.
         offsets: their Kafka offsets, same length.
         partition: the Kafka partition, stored in the ``_partition`` column.
+        timestamps: their Kafka timestamps in epoch milliseconds (``ingested_at``); default now.
 
     Returns:
         The valid bars as a :data:`SINK_SCHEMA` table in offset order, and the rejects
         with the contract's reason. Never raises for bad input.
     """
     n = len(values)
+    if timestamps is None:
+        timestamps = [int(time.time() * 1000)] * n
     eligible = [i for i in range(n) if _eligible(values[i])]
     slow_positions: list[int] = [i for i in range(n) if not _eligible(values[i])] if len(eligible) < n else []
     blocks: list[tuple[list[int], pa.Table]] = []
@@ -273,21 +288,24 @@ def decode_batch(values: Sequence[bytes | None], offsets: Sequence[int], partiti
         slow_positions += rest
         if good_pos:
             chosen = offsets if len(good_pos) == n else [offsets[p] for p in good_pos]
-            tables.append(_sink_table(good, pa.array(chosen, pa.int64()), partition))
+            stamps = timestamps if len(good_pos) == n else [timestamps[p] for p in good_pos]
+            tables.append(_sink_table(good, pa.array(chosen, pa.int64()), stamps, partition))
     rejects: list[Reject] = []
     if slow_positions:
         slow_positions.sort()
         bars: list[Bar] = []
         bar_offsets: list[int] = []
+        bar_stamps: list[int] = []
         for p in slow_positions:
             result = _slow(values[p])
             if isinstance(result, Bar):
                 bars.append(result)
                 bar_offsets.append(offsets[p])
+                bar_stamps.append(timestamps[p])
             else:
                 rejects.append(Reject(p, offsets[p], result[0], result[1]))
         if bars:
-            tables.append(_slow_table(bars, bar_offsets, partition))
+            tables.append(_slow_table(bars, bar_offsets, bar_stamps, partition))
     if not tables:
         return Decoded(SINK_SCHEMA.empty_table(), rejects)
     table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
@@ -321,6 +339,7 @@ def reference_decode(value: bytes | None) -> Bar | str:
 
 
 __all__ = [
+    "INGESTED_COLUMN",
     "OFFSET_COLUMN",
     "PARTITION_COLUMN",
     "SINK_SCHEMA",

@@ -17,8 +17,7 @@ class SinkMetrics:
     records: Any
     committed: Any
     dlq: Any
-    bytes_written: Any
-    files_written: Any
+    merges: Any
     flushes: Any
     commit_lag: Any
     flush_seconds: Any
@@ -26,7 +25,7 @@ class SinkMetrics:
     paused: Any
     store_errors: Any
     commit_failures: Any
-    recovered_files: Any
+    compactions: Any
 
 
 @lru_cache(maxsize=1)
@@ -38,20 +37,23 @@ def sink_metrics() -> SinkMetrics:
         records=Counter(
             "tickcast_sink_records", "Records consumed from Kafka; rate() gives records/s.", ["topic", "result"]
         ),
-        committed=Counter("tickcast_sink_committed_records", "Records whose offsets were committed.", ["topic"]),
+        committed=Counter(
+            "tickcast_sink_committed_records", "Records whose positions were committed to the table.", ["topic"]
+        ),
         dlq=Counter("tickcast_sink_dlq_records", "Invalid records sent to the dead-letter topic.", ["topic"]),
-        bytes_written=Counter("tickcast_sink_bytes_written", "Parquet bytes written to the lake.", ["topic"]),
-        files_written=Counter("tickcast_sink_files_written", "Parquet files written to the lake.", ["topic"]),
+        merges=Counter(
+            "tickcast_sink_merges", "Commits that merged bars already in the table (re-sent or corrected).", ["topic"]
+        ),
         flushes=Counter("tickcast_sink_flushes", "Flushes, by what closed them.", ["topic", "reason"]),
         commit_lag=Histogram(
             "tickcast_sink_commit_lag_seconds",
-            "Seconds from consuming a flush's first record to committing its offsets.",
+            "Seconds from consuming a flush's first record to its table commit.",
             ["topic"],
             buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
         ),
         flush_seconds=Histogram(
             "tickcast_sink_flush_seconds",
-            "Seconds to write one flush to the lake.",
+            "Seconds to write one commit to the bars table.",
             ["topic"],
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         ),
@@ -62,8 +64,8 @@ def sink_metrics() -> SinkMetrics:
         ),
         paused=Gauge("tickcast_sink_paused_partitions", "Partitions paused for backpressure.", ["topic"]),
         store_errors=Counter("tickcast_sink_store_errors", "Failed lake operations (retried).", ["topic"]),
-        commit_failures=Counter("tickcast_sink_commit_failures", "Offset commits that failed.", ["topic"]),
-        recovered_files=Counter(
-            "tickcast_sink_recovered_files", "Uncommitted files removed before re-consuming a partition.", ["topic"]
+        commit_failures=Counter(
+            "tickcast_sink_commit_failures", "Writes refused or abandoned (re-read from the table).", ["topic"]
         ),
+        compactions=Counter("tickcast_sink_compactions", "Small-file compactions of hot partitions.", ["topic"]),
     )

@@ -1,70 +1,44 @@
-"""The exactly-once Kafka-to-lake sink: bars from Kafka into Parquet files in the lake.
+"""The exactly-once Kafka-to-lake sink: bars from Kafka into the Delta ``bars`` table.
 
 What it does
 ------------
 The sink joins the consumer group ``consumer.group_id`` on ``kafka.topic_bars``. It
 decodes each poll in bulk (:mod:`consumer.decode`), sends invalid records to
 ``kafka.topic_dlq`` with the reason in a header, and buffers valid bars per Kafka
-partition (:mod:`consumer.buffer`). A sealed batch (one *flush*) is written as one
-Parquet file per (interval, ticker, date) folder (:mod:`consumer.writer`), all named
-``bars-{topic}-p{partition}-o{first offset}.parquet``; then the offsets are committed.
+partition (:mod:`consumer.buffer`). Each flush writes the sealed batches of every
+partition in **one Delta commit** through :class:`tickcast.lake.BarWriter`, which keeps
+each bar key once (a re-sent or corrected bar replaces the old row).
 
 Why every bar lands exactly once
 --------------------------------
-Write ``C(p)`` for the group's committed offset of partition ``p``. The invariant is:
+The table itself says what it has consumed. Each commit carries, for every Kafka
+partition ``p`` it covers, an application transaction ``(app id of p, last offset)``
+where the app id is ``tickcast-sink:<group>:<topic>:<p>``; data and positions become
+visible in the same atomic commit, or neither does.
 
-    (I) the committed files of ``p`` hold exactly the valid records of ``p`` with
-        offsets below ``C(p)``, each once; every other file of ``p`` is listed in a
-        pending marker whose ``first`` offset is ``>= C(p)``.
+* **Resuming.** When a partition is assigned (and after any failed write or commit), the
+  sink reads the table's transaction version ``V(p)`` and positions the partition at
+  ``V(p) + 1`` (or at the group's committed offset when that is further: a batch with no
+  valid bar only moves the Kafka offset, and a lake migrated from the old layout starts
+  there; with neither, the log start). So after a crash at any point the next owner
+  resumes exactly after the last committed batch: nothing lost, nothing twice.
+* **Fencing.** A write is refused (:class:`tickcast.lake.AlreadyCommitted`) when the table
+  already holds positions at or past its first offset, and delta-rs rejects two
+  concurrent commits carrying the same app id. A zombie (an owner that lost its partition
+  without noticing) therefore cannot add a batch twice; the sink also stops writing when
+  its last poll is older than half of ``max.poll.interval.ms``.
+* **Kafka offsets** are committed after the table commit, for lag monitoring and the
+  empty-batch case above; losing that commit loses nothing.
+* **One row per bar.** The same bar sent again with another offset (a backfill re-run,
+  WebSocket and REST gap-fill overlap, a correction) is merged on
+  ``(ticker, interval, start)``: the latest revision wins (see :mod:`tickcast.lake.bars`).
 
-* **Writing keeps (I).** A flush covering ``[first, last]`` has ``first >= C(p)``
-  (the partition is consumed from ``C(p)`` and flushes follow each other without gaps).
-  It writes its pending marker *before* any file, so every new file is covered by a
-  marker with ``first >= C(p)``. Each file appears atomically (temp file + rename; an S3
-  PUT is visible only once complete), so a reader never sees half a file.
-* **Committing keeps (I).** Offsets are committed (synchronously, explicit
-  ``OffsetAndMetadata(last + 1)``) only after *every* file of the flush is written and
-  the DLQ producer has flushed. The commit moves ``C(p)`` to ``last + 1``, which turns
-  exactly that flush's files into committed files holding offsets ``[first, last]``.
-  No commit happens after a failure: a failed write leaves ``C(p)`` where it was.
-* **Crashes keep (I).** A crash (``kill -9``) at any point leaves at worst files
-  covered by a marker with ``first >= C(p)``; whether a commit reached the broker or not
-  is decided by the broker alone, and the marker tells which case holds.
-* **Before consuming a partition** (every assignment, every failed commit), the owner
-  reads ``C(p)`` from the broker and *recovers*: it deletes every file listed in a
-  marker with ``first >= C(p)`` (uncommitted leftovers, whatever their batch
-  boundaries were) and drops markers with ``last < C(p)`` (committed; only the marker's
-  deletion was lost). Now the lake holds exactly the records below ``C(p)``, and
-  consumption restarts at ``C(p)``, so nothing is lost and nothing is written twice.
-  "Restarts at ``C(p)``" is enforced, not assumed: the partition stays paused until it is
-  recovered, records a poll returns for it meanwhile are discarded, and it is positioned
-  with an explicit ``seek(C(p))`` (the log start when nothing is committed), so the client
-  library can only hand over records from ``C(p)`` on.
-* **Rebalances.** On revocation the sink *drops* its uncommitted buffers instead of
-  flushing them: the new owner re-reads from ``C(p)``. Revocation happens inside
-  ``poll()``, and the sink never polls between writing a flush and committing it, so a
-  well-behaved previous owner has finished writing before the new owner recovers.
-* **A zombie** (an owner paused past ``max.poll.interval.ms``, who lost the partition
-  without noticing) is fenced three ways: its commit is rejected by the broker
-  (stale generation); the sink stops writing objects once its last poll is older than
-  half of ``max.poll.interval.ms``; and because batch cuts are a deterministic function
-  of the records (count, bytes, Kafka record time; see :mod:`consumer.buffer`), the
-  new owner re-writes the very same object names with the very same content. (Only a
-  wall-clock idle cut is not reproducible; a process frozen longer than the session
-  timeout right after such a cut, which then resumes mid-write, is the one case this
-  design narrows rather than excludes, as does any sink without fencing in the store.)
-* **Broker restarts** surface as failed polls or commits: a failed commit is treated
-  like a crash of that flush (recover, then re-read), so it is safe whether or not the
-  commit reached the broker.
-
-Late and out-of-order bars are written with their batch into the folder of their own
-day; a file's rows are in offset order. The DLQ is at-least-once: a replayed flush may
-send an invalid record to the DLQ again.
-
-Backpressure: when the store fails, the partition is paused (the consumer keeps
-polling, so it stays in the group), its batches are kept and retried with backoff; an
+Backpressure: when the store fails, the partitions are paused (the consumer keeps
+polling, so it stays in the group), their batches are kept and retried with backoff; an
 outage longer than ``consumer.store_outage_limit_s`` stops the sink with
-:class:`StoreUnavailable`, without committing.
+:class:`StoreUnavailable`. As it goes, the sink bin-packs the small files of partitions
+it has committed to many times (``consumer.compact_after_commits``); ``tickcast lake
+optimize`` does the full job (sorted, deduplicated files).
 """
 
 from __future__ import annotations
@@ -76,21 +50,21 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import pyarrow as pa
+
 from consumer.buffer import Batch, PartitionBuffer
-from consumer.decode import Reject, decode_batch
+from consumer.decode import OFFSET_COLUMN, PARTITION_COLUMN, Reject, decode_batch
 from consumer.metrics import sink_metrics
-from consumer.writer import LakeWriter, WriteResult
 from tickcast.errors import BrokerUnavailable, ConfigError, StoreUnavailable
 from tickcast.kafka import ensure_topics, make_consumer, make_producer
-from tickcast.lake import Lake
+from tickcast.lake import BARS, AlreadyCommitted, BarWriter, Lake, maintenance, tables
 from tickcast.service import StopFlag
 from tickcast.settings import Settings
 
 log = logging.getLogger(__name__)
 
 #: How long the group waits for a member between polls (also the longest a rebalance waits
-#: for a member that does not rejoin); the sink stops writing at half of it. The loop polls
-#: every fraction of a second and bounds its writes, so a minute is plenty.
+#: for a member that does not rejoin); the sink stops writing at half of it.
 MAX_POLL_INTERVAL_S = 60.0
 _POLL_TIMEOUT_MS = 200
 _BACKOFF_MIN_S = 0.2
@@ -103,19 +77,24 @@ class _Stale(Exception):
     """The last poll is too old to keep writing: the partition may be someone else's now."""
 
 
+def app_id(group: str, topic: str, partition: int) -> str:
+    """The Delta application-transaction id of one Kafka partition consumed by a group."""
+    return f"tickcast-sink:{group}:{topic}:{partition}"
+
+
 @dataclass(slots=True)
 class SinkStats:
     """Counters of one :meth:`Sink.run`, for callers and tests."""
 
     consumed: int = 0
-    dropped: int = 0  # consumed, then dropped uncommitted (rebalance, failed commit): re-read later
+    dropped: int = 0  # consumed, then dropped uncommitted (rebalance, failed write): re-read later
     valid: int = 0
     rejected: int = 0
     committed: int = 0
     flushes: int = 0
-    files: int = 0
-    bytes_written: int = 0
-    recovered_files: int = 0
+    commits: int = 0
+    merges: int = 0
+    compactions: int = 0
     commit_failures: int = 0
     store_errors: int = 0
     active_s: float = 0.0  # from the first record consumed to the last commit
@@ -132,13 +111,12 @@ class _Partition:
 
     tp: Any
     buffer: PartitionBuffer
-    ready: bool = False  # recovered and positioned at the committed offset
+    ready: bool = False  # positioned at the table's recorded offset
     pending: collections.deque[Batch] = field(default_factory=collections.deque)
-    retry_at: float = 0.0
-    failures: int = 0
-    failing_since: float | None = None
     paused: bool = True
     next_offset: int | None = None
+    retry_at: float = 0.0
+    failures: int = 0
 
 
 class _Listener:
@@ -171,7 +149,7 @@ def _listener(events: collections.deque[tuple[str, set[Any]]]) -> Any:
 
 
 class Sink:
-    """Consume bars from Kafka and write them into the lake, exactly once.
+    """Consume bars from Kafka and write them into the lake's bars table, exactly once.
 
     Args:
         settings: the process's settings (``kafka``, ``lake`` and ``consumer`` groups).
@@ -198,7 +176,7 @@ class Sink:
         self.dlq_topic = settings.kafka.topic_dlq
         self.stop = stop or StopFlag()
         self.lake = lake or Lake(settings.lake)
-        self.writer = LakeWriter(self.lake, self.topic)
+        self.writer = BarWriter(self.lake)
         self.stats = SinkStats()
         self.metrics = sink_metrics()
         self._overrides = consumer_overrides or {}
@@ -212,16 +190,19 @@ class Sink:
         self._last_report = time.monotonic()
         self._running = False
         self._fatal: str | None = None
+        self._failing_since: float | None = None
+        self._retry_at = 0.0
+        self._write_failures = 0
+        self._commits_per_partition: collections.Counter[tuple[str, ...]] = collections.Counter()
         self._started: tuple[float, float] | None = None
-        cfg = settings.consumer
-        self._window_ms = max(1, int(cfg.flush_interval_s * 1000))
+        self._window_ms = max(1, int(settings.consumer.flush_interval_s * 1000))
 
     # -- lifecycle ----------------------------------------------------------------------
 
     def run(self, max_records: int | None = None, timeout: float | None = None) -> SinkStats:
         """Consume until stopped, ``max_records`` records are consumed, or ``timeout`` seconds pass.
 
-        Whatever was consumed is then flushed and committed, and the clients are closed.
+        Whatever was consumed is then written and committed, and the clients are closed.
 
         Raises:
             StoreUnavailable: the lake stayed down longer than ``store_outage_limit_s``
@@ -251,7 +232,7 @@ class Sink:
             "heartbeat_interval_ms": max(1000, session_ms // 3),
             "max_poll_interval_ms": int(MAX_POLL_INTERVAL_S * 1000),
             "max_poll_records": _MAX_POLL_RECORDS,
-            "client_id": f"tickcast-sink-{self.writer.owner}",
+            "client_id": f"tickcast-sink-{self.group_id}",
         }
         options.update(self._overrides)
         self._consumer = make_consumer(self.settings.kafka, self.group_id, **options)
@@ -259,7 +240,7 @@ class Sink:
         # partitions assigns nothing, and must rely on a later metadata change to rejoin.
         self._consumer.partitions_for_topic(self.topic)
         self._consumer.subscribe([self.topic], listener=_listener(self._events))
-        log.info("sink: group %s on topic %s -> %s", self.group_id, self.topic, self.lake.url)
+        log.info("sink: group %s on topic %s -> %s", self.group_id, self.topic, self.lake.table_uri(BARS.name))
 
     def _wait_for_store(self, since: float) -> None:
         """Block until the lake answers; StoreUnavailable after the outage limit."""
@@ -268,6 +249,7 @@ class Sink:
         while True:
             try:
                 self.lake.check()
+                tables.ensure_table(self.lake, BARS)
                 return
             except StoreUnavailable as exc:
                 if time.monotonic() - since >= limit:
@@ -296,15 +278,13 @@ class Sink:
             self._producer = None
         for key in list(self._parts):
             self._forget(key)
-        self.writer.close()
         log.info("sink stopped (%s): %s", "clean" if clean else "on error", self.stats.to_dict())
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """For ``/healthz``: running, polling, and the store not failing for long."""
         now = time.monotonic()
         parts = list(self._parts.items())  # a snapshot: the loop changes the dict meanwhile
-        failing = [p.failing_since for _, p in parts if p.failing_since is not None]
-        outage = now - min(failing) if failing else 0.0
+        outage = now - self._failing_since if self._failing_since is not None else 0.0
         ok = (
             self._running
             and self._fatal is None
@@ -353,12 +333,11 @@ class Sink:
                 records = {}
             self._last_poll = time.monotonic()
             self._apply_rebalance()
-            # Records before resets: a poll that rebalanced can return records fetched from
-            # the old position; they are ignored while the partition is not ready, and the
-            # reset then positions it at the committed offset for the next poll.
+            # Records before positioning: a poll that rebalanced can return records fetched
+            # from the old position; they are ignored while the partition is not ready.
             for tp, recs in records.items():
                 self._ingest(tp, recs)
-            self._reset_partitions()
+            self._position_partitions()
             self._seal_idle()
             self._flush_ready()
             self._report()
@@ -367,19 +346,23 @@ class Sink:
         while self._events:
             kind, tps = self._events.popleft()
             for tp in tps:
+                dropped = self._forget(tp)
                 if kind == "revoked":
-                    dropped = self._forget(tp)
                     if dropped:
                         log.info("partition %d revoked: dropped %d uncommitted records", tp.partition, dropped)
-                else:
-                    self._forget(tp)
-                    cfg = self.settings.consumer
-                    self._parts[tp] = _Partition(
-                        tp, PartitionBuffer(tp.partition, cfg.flush_records, cfg.flush_bytes, self._window_ms)
-                    )
+                    continue
+                self._parts[tp] = _Partition(tp, self._new_buffer(tp.partition))
+                # a later rebalance may already have taken it back (its "revoked" event follows)
+                with contextlib.suppress(Exception):
                     self._consumer.pause(tp)
-                    log.info("partition %d assigned", tp.partition)
+                # another sink may have written this partition's tickers meanwhile
+                self.writer.reload()
+                log.info("partition %d assigned", tp.partition)
         self.metrics.paused.labels(self.topic).set(sum(1 for p in self._parts.values() if p.paused))
+
+    def _new_buffer(self, partition: int) -> PartitionBuffer:
+        cfg = self.settings.consumer
+        return PartitionBuffer(partition, cfg.flush_records, cfg.flush_bytes, self._window_ms)
 
     def _forget(self, tp: Any) -> int:
         part = self._parts.pop(tp, None)
@@ -391,14 +374,12 @@ class Sink:
         self.stats.dropped += dropped
         return dropped
 
-    def _need_reset(self, part: _Partition) -> None:
-        """Drop what is uncommitted and re-read the partition from its committed offset."""
-        cfg = self.settings.consumer
+    def _reposition(self, part: _Partition) -> None:
+        """Drop what is uncommitted and re-read the partition from the table's position."""
         self.stats.dropped += len(part.buffer) + sum(b.records for b in part.pending)
         part.ready = False
         part.pending.clear()
-        part.buffer = PartitionBuffer(part.tp.partition, cfg.flush_records, cfg.flush_bytes, self._window_ms)
-        part.retry_at = 0.0
+        part.buffer = self._new_buffer(part.tp.partition)
         self._pause(part)
 
     def _pause(self, part: _Partition) -> None:
@@ -413,40 +394,45 @@ class Sink:
                 self._consumer.resume(part.tp)
             part.paused = False
 
-    def _reset_partitions(self) -> None:
-        """Recover and position every partition that is not ready (new, or after a failed commit)."""
+    def _position_partitions(self) -> None:
+        """Position every partition that is not ready at the table's recorded offset + 1."""
         from kafka.errors import KafkaError
 
         now = time.monotonic()
-        broker_down = False
-        for part in list(self._parts.values()):
-            if part.ready or part.retry_at > now:
-                continue
-            if broker_down:  # one timeout per round is enough: keep polling meanwhile
-                self._retry_later(part, "waiting for the broker")
-                continue
-            timeout_ms = int(self.settings.kafka.request_timeout_s * 1000)
+        waiting = [p for p in self._parts.values() if not p.ready and p.retry_at <= now]
+        if not waiting:
+            return
+        timeout_ms = int(self.settings.kafka.request_timeout_s * 1000)
+        try:
+            table = tables.open_table(self.lake, BARS)
+        except StoreUnavailable as exc:
+            for part in waiting:
+                self._retry_later(part, f"reading the table's positions failed ({exc.message})")
+            return
+        for part in waiting:
             try:
                 committed = self._consumer.committed(part.tp, timeout_ms=timeout_ms)
-                # Always an explicit offset: a lazy seek_to_beginning() lets kafka-python hand
-                # back records it fetched (and parked while paused) before the seek.
-                start = committed
-                if start is None:
+                recorded = None if table is None else table.transaction_version(self._app_id(part.tp))
+                start = max(
+                    recorded + 1 if recorded is not None else -1,
+                    committed if committed is not None else -1,
+                )
+                if start < 0:
+                    # Always an explicit offset: a lazy seek_to_beginning() lets kafka-python
+                    # hand back records it fetched (and parked while paused) before the seek.
                     start = self._consumer.beginning_offsets([part.tp], timeout_ms=timeout_ms)[part.tp]
-                result = self.writer.recover(part.tp.partition, committed)
-            except StoreUnavailable as exc:
-                self._store_failed(part, exc, "recovery")
-                continue
             except KafkaError as exc:
-                broker_down = True
                 self._retry_later(part, f"reading the committed offset failed: {exc}")
+                break  # one timeout per round is enough: keep polling meanwhile
+            try:
+                self._consumer.seek(part.tp, start)
+            except Exception as exc:  # taken back by a rebalance in between: its "revoked" event follows
+                log.info("partition %d not positioned (%s)", part.tp.partition, exc)
                 continue
-            self.stats.recovered_files += result.deleted_files + result.trimmed_files
-            self.metrics.recovered_files.labels(self.topic).inc(result.deleted_files + result.trimmed_files)
-            self._consumer.seek(part.tp, start)
             part.next_offset = start
-            part.ready, part.failures, part.failing_since = True, 0, None
+            part.ready, part.failures = True, 0
             self._resume(part)
+            log.info("partition %d resumes at offset %d (table recorded %s)", part.tp.partition, start, recorded)
 
     def _retry_later(self, part: _Partition, why: str) -> None:
         part.failures += 1
@@ -454,23 +440,8 @@ class Sink:
         part.retry_at = time.monotonic() + delay
         log.warning("partition %d: %s; retrying in %.1f s", part.tp.partition, why, delay)
 
-    def _store_failed(self, part: _Partition, exc: StoreUnavailable, what: str) -> None:
-        """Backpressure: pause the partition, keep its batches, retry; give up after the outage limit."""
-        now = time.monotonic()
-        self.stats.store_errors += 1
-        self.metrics.store_errors.labels(self.topic).inc()
-        if part.failing_since is None:
-            part.failing_since = now
-        self._pause(part)
-        limit = self.settings.consumer.store_outage_limit_s
-        if now - part.failing_since >= limit:
-            self._fatal = exc.message
-            raise StoreUnavailable(
-                f"the lake has failed for {now - part.failing_since:.0f} s (limit {limit:.0f} s); "
-                f"nothing unwritten was committed: {exc.message}",
-                exc.fix or "bring the object store back, then restart the sink",
-            ) from None
-        self._retry_later(part, f"lake {what} failed ({exc.message})")
+    def _app_id(self, tp: Any) -> str:
+        return app_id(self.group_id, tp.topic, tp.partition)
 
     # -- records ------------------------------------------------------------------------
 
@@ -479,7 +450,7 @@ class Sink:
 
         part = self._parts.get(tp)
         if part is None or not part.ready or not recs:
-            return  # re-read after the partition is recovered and positioned
+            return  # re-read once the partition is positioned
         if part.next_offset is not None and recs[0].offset != part.next_offset:
             if recs[0].offset > part.next_offset:
                 # Retention, a compacted topic or transaction markers leave gaps; anything else
@@ -491,18 +462,18 @@ class Sink:
                     return
         values = [r.value for r in recs]
         offsets = [r.offset for r in recs]
-        decoded = decode_batch(values, offsets, tp.partition)
+        timestamps = [r.timestamp for r in recs]
+        decoded = decode_batch(values, offsets, tp.partition, timestamps)
         try:
             for reject in decoded.rejects:
                 self._send_dlq(tp, recs[reject.index], reject)
         except (KafkaError, BrokerUnavailable) as exc:
             log.warning(
-                "partition %d: DLQ send failed (%s); re-reading it from the committed offset", tp.partition, exc
+                "partition %d: DLQ send failed (%s); re-reading it from the table's position", tp.partition, exc
             )
-            self._need_reset(part)
+            self._reposition(part)
             return
         sizes = [len(v) if v is not None else 0 for v in values]
-        timestamps = [r.timestamp for r in recs]
         part.pending.extend(part.buffer.add(offsets, sizes, timestamps, decoded))
         part.next_offset = offsets[-1] + 1
         n, bad = len(recs), len(decoded.rejects)
@@ -540,99 +511,131 @@ class Sink:
                 if batch is not None:
                     part.pending.append(batch)
 
-    # -- flushing and committing --------------------------------------------------------
-
-    def _check_fresh(self) -> None:
-        if time.monotonic() - self._last_poll > MAX_POLL_INTERVAL_S / 2:
-            raise _Stale()
+    # -- writing and committing ---------------------------------------------------------
 
     def _flush_ready(self, force: bool = False) -> None:
-        """Write every pending batch whose retry time has come, then commit what was written."""
+        """Write every pending batch of every ready partition in one table commit."""
         now = time.monotonic()
-        done: list[tuple[_Partition, Batch, WriteResult]] = []
-        try:
-            for part in list(self._parts.values()):
-                if not part.ready or not part.pending or (part.retry_at > now and not force):
-                    continue
-                try:
-                    while part.pending:
-                        batch = part.pending[0]
-                        started = time.monotonic()
-                        result = self.writer.write(batch, before_each=self._check_fresh)
-                        self.metrics.flush_seconds.labels(self.topic).observe(time.monotonic() - started)
-                        part.pending.popleft()
-                        done.append((part, batch, result))
-                except StoreUnavailable as exc:
-                    self._store_failed(part, exc, "write")
-                    continue
-                if part.failing_since is not None:
-                    log.info("partition %d: lake writes work again", part.tp.partition)
-                part.failures, part.failing_since, part.retry_at = 0, None, 0.0
-                self._resume(part)
-        except _Stale:
-            log.warning("last poll is %.0f s old: stopping writes until the next poll", now - self._last_poll)
-        finally:
-            if done:
-                self._commit(done)
-
-    def _commit(self, done: list[tuple[_Partition, Batch, WriteResult]]) -> None:
-        from kafka.errors import KafkaError
-        from kafka.structs import OffsetAndMetadata
-
-        offsets: dict[Any, Any] = {}
-        for part, batch, _ in done:
-            offsets[part.tp] = OffsetAndMetadata(batch.last + 1, f"tickcast-sink {self.writer.owner}", -1)
+        ready = [p for p in self._parts.values() if p.ready and p.pending]
+        if not ready or (self._retry_at > now and not force):
+            return
+        if now - self._last_poll > MAX_POLL_INTERVAL_S / 2:
+            log.warning("last poll is %.0f s old: not writing until the next poll", now - self._last_poll)
+            return
         try:
             self._flush_dlq()
-        except (KafkaError, BrokerUnavailable) as exc:
+        except Exception as exc:
             # Some invalid record may not be in the DLQ: re-read everything uncommitted, so
-            # every rejected record is sent again before its offset is committed.
+            # every rejected record is sent again before its position is recorded.
             self._dlq_futures.clear()
             self.stats.commit_failures += 1
             self.metrics.commit_failures.labels(self.topic).inc()
-            log.warning("DLQ send failed (%s): re-reading all partitions from the committed offsets", exc)
-            self.stats.dropped += sum(batch.records for _, batch, _ in done)
+            log.warning("DLQ send failed (%s): re-reading all partitions from the table's positions", exc)
             for part in self._parts.values():
-                self._need_reset(part)
+                self._reposition(part)
             return
+        batches = [(part, list(part.pending)) for part in ready]
+        data = [b.table for _, group in batches for b in group if b.rows]
+        txns = [(self._app_id(part.tp), group[-1].last) for part, group in batches]
+        firsts = {self._app_id(part.tp): group[0].first for part, group in batches}
+        started = time.monotonic()
+        try:
+            result = None
+            if data:
+                rows = pa.concat_tables(data).drop_columns([PARTITION_COLUMN, OFFSET_COLUMN])
+                result = self.writer.write(rows, txns=txns, firsts=firsts)
+        except AlreadyCommitted as exc:
+            log.warning("%s: re-reading from the table's positions", exc.message)
+            self.stats.commit_failures += 1
+            self.metrics.commit_failures.labels(self.topic).inc()
+            for part, _ in batches:
+                self._reposition(part)
+            return
+        except StoreUnavailable as exc:
+            self._store_failed(exc, [part for part, _ in batches])
+            return
+        self.metrics.flush_seconds.labels(self.topic).observe(time.monotonic() - started)
+        if self._failing_since is not None:
+            log.info("lake writes work again")
+        self._failing_since, self._write_failures, self._retry_at = None, 0, 0.0
+        for part, group in batches:
+            for _ in group:
+                part.pending.popleft()
+            self._resume(part)
+        self._committed(batches, result)
+
+    def _store_failed(self, exc: StoreUnavailable, parts: list[_Partition]) -> None:
+        """Backpressure: pause, keep the batches, retry with backoff; give up after the outage limit."""
+        now = time.monotonic()
+        self.stats.store_errors += 1
+        self.metrics.store_errors.labels(self.topic).inc()
+        if self._failing_since is None:
+            self._failing_since = now
+        for part in parts:
+            self._pause(part)
+        limit = self.settings.consumer.store_outage_limit_s
+        if now - self._failing_since >= limit:
+            self._fatal = exc.message
+            raise StoreUnavailable(
+                f"the lake has failed for {now - self._failing_since:.0f} s (limit {limit:.0f} s); "
+                f"nothing unwritten was recorded: {exc.message}",
+                exc.fix or "bring the object store back, then restart the sink",
+            ) from None
+        self._write_failures += 1
+        delay = min(_BACKOFF_MIN_S * 2 ** (self._write_failures - 1), _BACKOFF_MAX_S)
+        self._retry_at = now + delay
+        log.warning("lake write failed (%s); retrying in %.1f s", exc.message, delay)
+
+    def _committed(self, batches: list[tuple[_Partition, list[Batch]]], result: Any) -> None:
+        """Bookkeeping after a table commit: Kafka offsets, stats, metrics, running compaction."""
+        from kafka.errors import KafkaError
+        from kafka.structs import OffsetAndMetadata
+
+        now = time.monotonic()
+        offsets = {
+            part.tp: OffsetAndMetadata(group[-1].last + 1, f"tickcast-sink {self.group_id}", -1)
+            for part, group in batches
+        }
         try:
             self._consumer.commit(offsets, timeout_ms=int(self.settings.kafka.request_timeout_s * 1000))
         except (KafkaError, BrokerUnavailable) as exc:
-            # We cannot tell whether the commit reached the broker: recover from what the
-            # broker says, exactly as after a crash.
-            self.stats.commit_failures += 1
-            self.metrics.commit_failures.labels(self.topic).inc()
-            log.warning("commit failed (%s): re-reading %d partition(s) from the committed offsets", exc, len(offsets))
-            self.stats.dropped += sum(batch.records for _, batch, _ in done)
-            for tp in offsets:
-                owned = self._parts.get(tp)
-                if owned is not None:
-                    self._need_reset(owned)
-            return
-        now = time.monotonic()
+            # Harmless: the table holds the positions; the group's offsets only lag behind.
+            log.warning("committing Kafka offsets failed (%s); the table has the positions", exc)
         if self._started is not None:
             self.stats.active_s = round(now - self._started[0], 3)
             self.stats.cpu_s = round(time.process_time() - self._started[1], 3)
-        self.writer.confirm([batch for _, batch, result in done if result.files])
-        for _part, batch, result in done:
-            self.stats.flushes += 1
-            self.stats.committed += batch.records
-            self.stats.files += len(result.files)
-            self.stats.bytes_written += result.bytes_written
-            self.metrics.committed.labels(self.topic).inc(batch.records)
-            self.metrics.files_written.labels(self.topic).inc(len(result.files))
-            self.metrics.bytes_written.labels(self.topic).inc(result.bytes_written)
-            self.metrics.flushes.labels(self.topic, batch.reason).inc()
-            self.metrics.commit_lag.labels(self.topic).observe(now - batch.opened_at)
-            log.debug(
-                "partition %d offsets %d-%d committed: %d bars in %d files (%s)",
-                batch.partition,
-                batch.first,
-                batch.last,
-                batch.rows,
-                len(result.files),
-                batch.reason,
-            )
+        if result is not None:
+            self.stats.commits += 1
+            self.stats.merges += int(result.merged)
+            if result.merged:
+                self.metrics.merges.labels(self.topic).inc()
+        for _part, group in batches:
+            for batch in group:
+                self.stats.flushes += 1
+                self.stats.committed += batch.records
+                self.metrics.committed.labels(self.topic).inc(batch.records)
+                self.metrics.flushes.labels(self.topic, batch.reason).inc()
+                self.metrics.commit_lag.labels(self.topic).observe(now - batch.opened_at)
+        if result is not None:
+            self._compact_hot_partitions(result.partitions)
+
+    def _compact_hot_partitions(self, partitions: list[tuple[str, ...]]) -> None:
+        every = self.settings.consumer.compact_after_commits
+        if every <= 0:
+            return
+        for values in partitions:
+            self._commits_per_partition[values] += 1
+            if self._commits_per_partition[values] < every:
+                continue
+            self._commits_per_partition[values] = 0
+            try:
+                removed = maintenance.compact_small_files(self.lake, BARS, values)
+            except StoreUnavailable as exc:
+                log.warning("compaction of %s skipped: %s", "/".join(values), exc.message)
+                continue
+            if removed:
+                self.stats.compactions += 1
+                self.metrics.compactions.labels(self.topic).inc()
 
     def _flush_dlq(self) -> None:
         if not self._dlq_futures:
@@ -655,7 +658,7 @@ class Sink:
         while any(p.ready and p.pending for p in self._parts.values()):
             if time.monotonic() >= deadline:
                 left = sum(b.records for p in self._parts.values() for b in p.pending)
-                log.warning("stopping with %d records unwritten; they stay uncommitted and will be re-read", left)
+                log.warning("stopping with %d records unwritten; they stay unrecorded and will be re-read", left)
                 return
             self._flush_ready(force=True)
             if any(p.ready and p.pending for p in self._parts.values()):
@@ -710,4 +713,4 @@ def serve(
         server.stop()
 
 
-__all__ = ["MAX_POLL_INTERVAL_S", "Sink", "SinkStats", "serve"]
+__all__ = ["MAX_POLL_INTERVAL_S", "Sink", "SinkStats", "app_id", "serve"]

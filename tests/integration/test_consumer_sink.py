@@ -1,4 +1,5 @@
-"""The sink against the real broker and MinIO: exact counts, DLQ, recovery, S3, metrics, scaling out."""
+"""The sink against the real broker and MinIO: exact counts, DLQ, resuming from the table,
+re-sent bars, S3, metrics, scaling out (several sinks committing to one table)."""
 
 from __future__ import annotations
 
@@ -16,20 +17,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import deltalake
 import duckdb
-import pyarrow.compute as pc
 import pytest
 from conftest import REPO_ROOT, free_port
 from pydantic import SecretStr
 
-from consumer.buffer import PartitionBuffer
-from consumer.decode import decode_batch
-from consumer.layout import MARKER_ROOT
-from consumer.sink import Sink
-from consumer.writer import LakeWriter
+from consumer.sink import Sink, app_id
 from tickcast.contracts import Bar
 from tickcast.kafka import make_admin, make_consumer, make_producer
-from tickcast.lake import BAR_PARTITIONS, Lake
+from tickcast.lake import BARS, BarWriter, Lake, bars_to_table, read_bars, tables
 from tickcast.service import ObservabilityServer, StopFlag
 from tickcast.settings import Settings
 
@@ -39,13 +36,13 @@ T0 = datetime(2024, 3, 4, 14, 30, tzinfo=UTC)
 TICKERS = [f"T{i:02d}" for i in range(12)]
 
 
-def bar_values(n: int, offset: int = 0) -> list[tuple[bytes, bytes]]:
+def bar_values(n: int, offset: int = 0, close: float = 10.5) -> list[tuple[bytes, bytes]]:
     """n distinct valid bars as (key, value), spread over tickers and two days."""
     out = []
     for i in range(offset, offset + n):
         ticker = TICKERS[i % len(TICKERS)]
         start = T0 + timedelta(minutes=7 * (i // len(TICKERS)))
-        bar = Bar(ticker, "minute", start, start + timedelta(minutes=1), 10, 11, 9, 10.5, float(i), 10.2, i, "test")
+        bar = Bar(ticker, "minute", start, start + timedelta(minutes=1), 10, 11, 9, close, float(i), 10.2, i, "test")
         out.append((ticker.encode(), bar.to_json()))
     return out
 
@@ -67,25 +64,21 @@ def sink_settings(base: Settings, topic: str, dlq: str, **consumer: Any) -> Sett
     return base.model_copy(update={"kafka": kafka, "consumer": base.consumer.model_copy(update=cfg)})
 
 
-def lake_table(settings: Settings) -> Any:
-    table = Lake(settings.lake).read_table("bars", BAR_PARTITIONS)
-    assert table is not None, "the lake has no bars"
-    return table
+def external_counts(settings: Settings) -> tuple[int, int]:
+    """(rows, distinct bar keys) of the bars table, counted by delta-rs + DuckDB, not by tickcast."""
+    lake = Lake(settings.lake)
+    table = deltalake.DeltaTable(lake.table_uri("bars"), storage_options=lake.storage_options).to_pyarrow_table(
+        columns=["ticker", "interval", "start"]
+    )
+    con = duckdb.connect()
+    con.register("bars", table)
+    rows, keys = con.execute("select count(*), count(distinct (ticker, interval, start)) from bars").fetchone()  # type: ignore[misc]
+    return int(rows), int(keys)
 
 
 def assert_exact(settings: Settings, expected: int) -> None:
-    """Counted over the lake by DuckDB (file://) or pyarrow (s3://), never from the sink's counters."""
-    lake = Lake(settings.lake)
-    if lake.is_local:
-        sql = (
-            f"select count(*), count(distinct (ticker, interval, start)), count(distinct (_partition, _offset)) "
-            f"from read_parquet('{lake.root}/bars/**/*.parquet', hive_partitioning=true)"
-        )
-        assert duckdb.sql(sql).fetchall() == [(expected, expected, expected)]
-    else:
-        table = lake_table(settings)
-        keys = pc.binary_join_element_wise(table["ticker"], pc.cast(table["start"], "string"), "|")
-        assert (table.num_rows, len(pc.unique(keys))) == (expected, expected)
+    """Each of ``expected`` bars exactly once in the table, by a reader that is not tickcast."""
+    assert external_counts(settings) == (expected, expected)
 
 
 def committed_everything(settings: Settings, group: str, topic: str) -> bool:
@@ -117,20 +110,14 @@ def test_each_bar_lands_once_invalid_records_go_to_the_dlq(
     ]
     produce(s, topic, [*good[:1500], *bad, *good[1500:]])
 
-    # A crash leftover: files of a flush that was written but never committed, with other
-    # boundaries and other content than the records. Recovery must delete them.
-    lake = Lake(s.lake)
-    fake = [Bar("ZZZ", "minute", T0, T0 + timedelta(minutes=1), 1, 1, 1, 1, 1).to_json()] * 5
-    buffer = PartitionBuffer(0, 10**6, 10**9, 10**9)
-    buffer.add(list(range(5)), [9] * 5, [0] * 5, decode_batch(fake, list(range(5)), 0))
-    LakeWriter(lake, topic).write(buffer.seal("stop"))
-
     stats = Sink(s).run(max_records=len(good) + len(bad), timeout=120)
     assert stats.committed == 3004 and stats.rejected >= 4  # a rebalance may re-read (and resend)
-    assert stats.recovered_files >= 1
     assert_exact(s, 3000)
-    assert lake.list_files(MARKER_ROOT) == []
     assert committed_everything(s, s.consumer.group_id, topic)
+    # the table records every partition's last offset in its own log
+    lake = Lake(s.lake)
+    recorded = [tables.transaction_version(lake, BARS, app_id(s.consumer.group_id, topic, p)) for p in range(3)]
+    assert all(v is not None for v in recorded) and sum(v + 1 for v in recorded if v is not None) == 3004
 
     reader = make_consumer(s.kafka, None, consumer_timeout_ms=5000)
     from kafka import TopicPartition
@@ -156,6 +143,39 @@ def test_each_bar_lands_once_invalid_records_go_to_the_dlq(
     assert {r.value for r in records} == {v for _, v in bad}
 
 
+def test_the_table_position_wins_over_the_group_offset(settings: Settings, unique_topic: Callable[..., str]) -> None:
+    """A crash after the table commit and before the Kafka commit: the next sink resumes after
+    what the table recorded, so nothing is written twice."""
+    topic, dlq = unique_topic("bars", partitions=1), unique_topic("dlq", partitions=1)
+    s = sink_settings(settings, topic, dlq, flush_records=100)
+    values = bar_values(500)
+    produce(s, topic, values)  # type: ignore[arg-type]
+    # what a crashed sink left: offsets 0..299 committed to the table, none to Kafka
+    lake = Lake(s.lake)
+    first = [Bar.from_json(v) for _, v in values[:300]]
+    BarWriter(lake).write(bars_to_table(first), txns=[(app_id(s.consumer.group_id, topic, 0), 299)])
+    stats = Sink(s).run(max_records=200, timeout=60)
+    assert stats.committed == 200 and stats.merges == 0
+    assert_exact(s, 500)
+
+
+def test_bars_sent_again_with_new_offsets_land_once_latest_wins(
+    settings: Settings, unique_topic: Callable[..., str]
+) -> None:
+    topic, dlq = unique_topic("bars", partitions=2), unique_topic("dlq", partitions=1)
+    s = sink_settings(settings, topic, dlq, flush_records=250)
+    produce(s, topic, bar_values(1000))  # type: ignore[arg-type]
+    assert Sink(s).run(max_records=1000, timeout=60).committed == 1000
+    # a backfill re-run over the first 300 bars, corrected: other offsets, other close
+    produce(s, topic, bar_values(300, close=10.75))  # type: ignore[arg-type]
+    stats = Sink(s).run(max_records=300, timeout=60)
+    assert stats.committed == 300 and stats.merges >= 1
+    assert_exact(s, 1000)
+    t00 = read_bars(Lake(s.lake), "T00", "minute")
+    closes = t00["close"].to_pylist()
+    assert t00.num_rows == 84 and closes[:25] == [10.75] * 25 and set(closes[25:]) == {10.5}
+
+
 def test_restart_resumes_from_the_commit(settings: Settings, unique_topic: Callable[..., str]) -> None:
     topic, dlq = unique_topic("bars", partitions=2), unique_topic("dlq", partitions=1)
     s = sink_settings(settings, topic, dlq, flush_records=300)
@@ -171,11 +191,9 @@ def test_s3_lake_on_minio(s3_settings: Settings, unique_topic: Callable[..., str
     s = sink_settings(s3_settings, topic, dlq, flush_records=400)
     produce(s, topic, bar_values(1200))  # type: ignore[arg-type]
     stats = Sink(s).run(max_records=1200, timeout=90)
-    assert stats.committed == 1200 and stats.files > 0
+    assert stats.committed == 1200 and stats.commits > 0
     assert_exact(s, 1200)
-    table = lake_table(s)
-    assert set(table["ticker"].to_pylist()) == set(TICKERS)
-    assert Lake(s.lake).list_files(MARKER_ROOT) == []
+    assert set(Lake(s.lake).bar_tickers("minute")) == set(TICKERS)
 
 
 def test_metrics_and_health(settings: Settings, unique_topic: Callable[..., str]) -> None:
@@ -203,8 +221,8 @@ def test_metrics_and_health(settings: Settings, unique_topic: Callable[..., str]
     for name in (
         f'tickcast_sink_records_total{{result="valid",topic="{topic}"}}',
         f'tickcast_sink_dlq_records_total{{topic="{topic}"}} ',  # at least once: a rebalance may resend
-        f'tickcast_sink_files_written_total{{topic="{topic}"}}',
-        f'tickcast_sink_bytes_written_total{{topic="{topic}"}}',
+        f'tickcast_sink_committed_records_total{{topic="{topic}"}} 601.0',
+        f'tickcast_sink_flush_seconds_count{{topic="{topic}"}}',
         f'tickcast_sink_commit_lag_seconds_count{{topic="{topic}"}}',
         f'tickcast_sink_consumer_lag{{partition="0",topic="{topic}"}} 0.0',
     ):
@@ -276,6 +294,52 @@ def test_two_processes_share_the_partitions(
     assert all(st["committed"] > 0 for st in stats), stats
     assert "expected offset" not in "".join(texts)
     assert_exact(s, 24000)
+
+
+def test_three_sink_processes_commit_to_one_table_on_minio(
+    s3_settings: Settings, unique_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    """Scale-out on S3: three sinks, each owning partitions, commit to one table at the same
+    time (conditional-put commits on MinIO): no commit lost, each bar once."""
+    topic, dlq = unique_topic("bars", partitions=6), unique_topic("dlq", partitions=1)
+    s = sink_settings(
+        s3_settings, topic, dlq, flush_records=200, flush_interval_s=1.0, session_timeout_s=6.0, metrics_port=0
+    )
+    env = sink_env(s, TICKCAST_LOG_LEVEL="INFO")
+    logs = [tmp_path / f"sink-{i}.log" for i in range(3)]
+    procs = []
+    try:
+        for log in logs:
+            with log.open("w") as handle:
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "consumer"], cwd=REPO_ROOT, env=env, stdout=handle,
+                        stderr=subprocess.STDOUT, text=True,
+                    )
+                )  # fmt: skip
+        deadline = time.monotonic() + 120
+        # every sink owns partitions before the bars arrive, so all three write at once
+        while not all("resumes at offset" in log.read_text() for log in logs):
+            assert time.monotonic() < deadline, "the three sinks did not share the partitions"
+            assert all(p.poll() is None for p in procs), [log.read_text()[-2000:] for log in logs]
+            time.sleep(0.3)
+        produce(s, topic, bar_values(6000))  # type: ignore[arg-type]
+        while not committed_everything(s, s.consumer.group_id, topic):
+            assert time.monotonic() < deadline + 60, [log.read_text()[-2000:] for log in logs]
+            time.sleep(0.5)
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait(60)
+    texts = [log.read_text() for log in logs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [t[-2000:] for t in texts]
+    stats = [json.loads(t.strip().splitlines()[-1]) for t in texts]
+    assert all(st["commits"] > 0 for st in stats), stats
+    assert_exact(s, 6000)
+    lake = Lake(s.lake)
+    recorded = [tables.transaction_version(lake, BARS, app_id(s.consumer.group_id, topic, p)) for p in range(6)]
+    assert sum(v + 1 for v in recorded if v is not None) == 6000
 
 
 def test_store_down_at_start_stops_with_exit_code_2(settings: Settings, unique_topic: Callable[..., str]) -> None:
