@@ -1,71 +1,69 @@
-"""Batch inference over the lake on Ray: forecast many tickers into ``forecasts/``.
+"""Batch inference over the lake on Ray: forecast many tickers into the ``forecasts`` table.
 
 Tickers are split into chunks and handed to a pool of Ray actors; each actor loads the
 model once (on a GPU when ``num_gpus`` > 0, so the pool spreads over GPU nodes), reads each
-ticker's recent bars from the lake, forecasts the whole chunk in one model call, and writes
-the forecasts to the lake itself, so the driver only tracks progress.
+ticker's recent bars from the lake, forecasts the whole chunk in one model call and returns
+the forecast rows. The driver writes them in one MERGE commit on the table's key
+``(forecast_id, step)``: forecast ids derive from ticker, model, target and last bar, so
+running the same batch again replaces its rows instead of duplicating them.
 
-Files are named from the model, the run's parameters and the ticker's last bar, so running
-the same batch again overwrites its files instead of duplicating forecasts.
+Every actor reads the same bars table version: the latest when the run starts, or the one
+``as_of`` names (a version, or an aware time). The report and the forecasts' commit metadata
+record that version, and a rerun with ``as_of`` set to it reproduces the forecasts exactly
+(same model, same torch threads, on CPU).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tickcast.errors import ConfigError, TickcastError
 from tickcast.settings import Settings
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from tickcast.lake import AsOf
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class BatchParams:
-    """What a batch run forecasts."""
+    """What a batch run forecasts, and the bars table version it reads."""
 
     interval: str
     horizon: int
     quantile_levels: tuple[float, ...]
     context_length: int
     target: str
+    bars_version: int
     end: datetime | None = None
-
-    def key(self, model_id: str, model_version: str) -> str:
-        """A short id of the run's parameters and model, part of every file name."""
-        text = "|".join(
-            [
-                model_id,
-                model_version,
-                self.interval,
-                str(self.horizon),
-                ",".join(map(str, self.quantile_levels)),
-                str(self.context_length),
-                self.target,
-                self.end.isoformat() if self.end else "latest",
-            ]
-        )
-        return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
 @dataclass
 class ChunkResult:
-    """What one actor call did."""
+    """What one actor call did: its forecast rows (``forecasts`` table rows) and the tickers it could not forecast."""
 
     forecast: int = 0
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
-    files: int = 0
+    rows: pa.Table | None = None
 
 
 @dataclass
 class BatchReport:
-    """The outcome of :func:`batch_forecast`."""
+    """The outcome of :func:`batch_forecast`.
+
+    ``bars_version`` is the bars table version every context was read from (pass it as
+    ``as_of`` to reproduce the run); ``forecasts_version`` the forecasts table version of
+    the commit holding the rows (None when nothing was forecast).
+    """
 
     model_id: str
     model_version: str
@@ -74,7 +72,10 @@ class BatchReport:
     forecast: int
     skipped: list[str]
     failed: dict[str, str]
-    files: int
+    rows: int
+    bars_version: int
+    forecasts_version: int | None
+    as_of: str | None
     seconds: float
     actors: int
 
@@ -99,7 +100,7 @@ class ChunkForecaster:
         return self.forecaster.info.to_dict()
 
     def run(self, tickers: Sequence[str], params: BatchParams, issued_at: datetime) -> ChunkResult:
-        """Forecast ``tickers`` and write their forecasts; unknown tickers are skipped, not fatal."""
+        """Forecast ``tickers`` and return their rows; unknown tickers are skipped, not fatal."""
         from serving.context import UnknownTicker, read_context
         from serving.forecaster import ForecastJob, level_key
         from tickcast.contracts import Forecast
@@ -111,7 +112,14 @@ class ChunkForecaster:
             try:
                 contexts.append(
                     read_context(
-                        self.lake, ticker, params.interval, params.context_length, params.target, (), params.end
+                        self.lake,
+                        ticker,
+                        params.interval,
+                        params.context_length,
+                        params.target,
+                        (),
+                        params.end,
+                        as_of=params.bars_version,
                     )
                 )
             except UnknownTicker:
@@ -123,33 +131,28 @@ class ChunkForecaster:
             series=[c.target for c in contexts], horizon=params.horizon, quantile_levels=params.quantile_levels
         )
         output = self.forecaster.predict_jobs([job])[0]
-        key = params.key(info.id, info.version)
+        forecasts = []
         for i, context in enumerate(contexts):
             try:
                 values = output.series(i)
-                forecast = Forecast(
-                    ticker=context.ticker,
-                    interval=params.interval,
-                    model_id=info.id,
-                    model_version=info.version,
-                    issued_at=issued_at,
-                    last_bar_start=context.last_bar_start,
-                    horizon=params.horizon,
-                    target=params.target,
-                    mean=values["mean"],
-                    quantiles={level_key(q): values["quantiles"][level_key(q)] for q in output.quantile_levels},
+                forecasts.append(
+                    Forecast(
+                        ticker=context.ticker,
+                        interval=params.interval,
+                        model_id=info.id,
+                        model_version=info.version,
+                        issued_at=issued_at,
+                        last_bar_start=context.last_bar_start,
+                        horizon=params.horizon,
+                        target=params.target,
+                        mean=values["mean"],
+                        quantiles={level_key(q): values["quantiles"][level_key(q)] for q in output.quantile_levels},
+                    )
                 )
-                stamp = context.last_bar_start.astimezone(UTC).strftime("%Y%m%dT%H%M%S")
-                written = self.lake.write_partitioned(
-                    "forecasts",
-                    forecasts_to_table([forecast]),
-                    ("interval", "ticker", "date"),
-                    f"batch-{key}-{stamp}.parquet",
-                )
-                result.files += len(written)
-                result.forecast += 1
             except TickcastError as exc:  # e.g. non-finite forecasts from a degenerate series
                 result.failed[context.ticker] = exc.one_line()
+        result.forecast = len(forecasts)
+        result.rows = forecasts_to_table(forecasts) if forecasts else None
         return result
 
 
@@ -163,29 +166,47 @@ def batch_forecast(
     context_length: int | None = None,
     target: str | None = None,
     end: datetime | None = None,
+    as_of: AsOf = None,
     model: str | None = None,
     actors: int | None = None,
     num_gpus: float | None = None,
     chunk_size: int | None = None,
     progress: bool = True,
 ) -> BatchReport:
-    """Forecast ``tickers`` (default: every ticker with bars of ``interval``) into the lake's ``forecasts/``.
+    """Forecast ``tickers`` (default: every ticker with bars of ``interval``) into the lake's
+    ``forecasts`` table, in one commit.
 
     Runs on the Ray cluster this process is connected to (a local one is started when
     none is). Defaults come from ``settings.forecaster`` and ``settings.serving``.
 
     Args:
+        end: use only bars starting before this time.
+        as_of: read the bars table as of this version (int) or aware time; default the
+            latest version when the run starts. The version read is in the report.
         actors: size of the actor pool; default one per GPU share, or one per two CPUs.
         num_gpus: GPUs per actor (fractions allowed); default ``settings.serving.num_gpus``.
         chunk_size: tickers per model call; default ``settings.serving.max_batch_size``.
     """
+    import pyarrow as pa
     import ray
     from ray.util import ActorPool
     from tqdm import tqdm
 
     from serving.runtime import apply_ray_env
-    from tickcast.lake import Lake
+    from tickcast.lake import BARS, FORECASTS, Lake, bar_tickers, tables
 
+    if end is not None and end.tzinfo is None:
+        raise ConfigError("--end", "needs a UTC offset", "use e.g. 2024-01-02T16:00:00Z")
+    if isinstance(as_of, datetime) and as_of.tzinfo is None:
+        raise ConfigError("--as-of", "needs a UTC offset", "use e.g. 2024-01-02T16:00:00Z, or a table version")
+    lake = Lake(settings.lake)
+    bars = tables.open_table(lake, BARS, as_of)
+    if bars is None:
+        raise TickcastError(
+            f"the lake at {settings.lake.url} has no bars table yet",
+            "ingest bars first (tickcast produce / consume)",
+        )
+    bars_version = int(bars.version())
     f = settings.forecaster
     params = BatchParams(
         interval=interval,
@@ -193,15 +214,16 @@ def batch_forecast(
         quantile_levels=tuple(quantile_levels or f.quantiles),
         context_length=context_length or f.context_length,
         target=target or f.target,
+        bars_version=bars_version,
         end=end,
     )
-    if end is not None and end.tzinfo is None:
-        raise ConfigError("--end", "needs a UTC offset", "use e.g. 2024-01-02T16:00:00Z")
-    lake = Lake(settings.lake)
-    names = sorted(dict.fromkeys(t.strip().upper() for t in tickers)) if tickers else lake.bar_tickers(interval)
+    if tickers:
+        names = sorted(dict.fromkeys(t.strip().upper() for t in tickers))
+    else:
+        names = bar_tickers(lake, interval, as_of=bars_version)
     if not names:
         raise TickcastError(
-            f"no tickers with {interval} bars in the lake at {settings.lake.url}",
+            f"no tickers with {interval} bars in the lake at {settings.lake.url} (bars table version {bars_version})",
             "ingest bars first (tickcast produce / consume), or pass --tickers",
         )
     if not ray.is_initialized():
@@ -220,30 +242,43 @@ def batch_forecast(
     pool_actors = [remote_cls.remote(settings, model) for _ in range(actors)]
     info: dict[str, Any] = ray.get(pool_actors[0].info.remote())
     log.info(
-        "batch forecast of %d tickers with %s %s on %d actor(s)%s",
+        "batch forecast of %d tickers with %s %s on %d actor(s), bars table version %d%s",
         len(names),
         info["id"],
         info["version"],
         actors,
+        bars_version,
         " [bundled model]" if info["bundled"] else "",
     )
     issued_at = datetime.now(UTC)
     started = time.perf_counter()
     total = ChunkResult()
+    parts: list[pa.Table] = []
     pool = ActorPool(pool_actors)
     bar = tqdm(total=len(names), unit="ticker", desc="batch forecast", disable=not progress)
     try:
         results = pool.map_unordered(lambda a, c: a.run.remote(c, params, issued_at), chunks)
         for res in results:
             total.forecast += res.forecast
-            total.files += res.files
             total.skipped.extend(res.skipped)
             total.failed.update(res.failed)
+            if res.rows is not None:
+                parts.append(res.rows)
             bar.update(res.forecast + len(res.skipped) + len(res.failed))
     finally:
         bar.close()
         for actor in pool_actors:
             ray.kill(actor)
+    rows = pa.concat_tables(parts) if parts else None
+    forecasts_version = None
+    if rows is not None:
+        metadata = {
+            "tickcast_operation": "batch-forecast",
+            "bars_version": bars_version,
+            "model_id": info["id"],
+            "model_version": info["version"],
+        }
+        forecasts_version = tables.upsert(lake, FORECASTS, rows, metadata=metadata)
     return BatchReport(
         model_id=info["id"],
         model_version=info["version"],
@@ -252,7 +287,10 @@ def batch_forecast(
         forecast=total.forecast,
         skipped=sorted(total.skipped),
         failed=total.failed,
-        files=total.files,
+        rows=0 if rows is None else rows.num_rows,
+        bars_version=bars_version,
+        forecasts_version=forecasts_version,
+        as_of=None if as_of is None else str(as_of.isoformat() if isinstance(as_of, datetime) else as_of),
         seconds=round(time.perf_counter() - started, 2),
         actors=actors,
     )

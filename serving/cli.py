@@ -36,8 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     batch = subparsers.add_parser(
         "batch-forecast",
-        help="forecast tickers from the lake into forecasts/ on Ray",
-        description="Forecast every ticker with bars (or --tickers) and write the forecasts to the lake.",
+        help="forecast tickers from the lake into its forecasts table on Ray",
+        description="Forecast every ticker with bars (or --tickers) and write the forecasts to the lake in one "
+        "commit. The JSON report names the bars table version read; --as-of that version reproduces the run.",
     )
     batch.add_argument("--tickers", help="comma-separated tickers (default: all in the lake)")
     batch.add_argument("--interval", default="minute", choices=["second", "minute", "hour", "day"])
@@ -48,6 +49,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     batch.add_argument("--target", help="bar field to forecast (default TICKCAST_FORECASTER__TARGET)")
     batch.add_argument("--end", help="use bars starting before this ISO-8601 time (default: all)")
+    batch.add_argument(
+        "--as-of",
+        metavar="VERSION|TIMESTAMP",
+        help="read the bars table as of this version (as in a report's bars_version) or ISO-8601 time "
+        "with a UTC offset, to reproduce an earlier run (default: the latest version)",
+    )
     batch.add_argument("--model", help="model spec (overrides TICKCAST_SERVING__MODEL)")
     batch.add_argument("--actors", type=int, help="actor pool size (default: one per GPU share or per 2 CPUs)")
     batch.add_argument("--num-gpus", type=float, help="GPUs per actor (default TICKCAST_SERVING__NUM_GPUS)")
@@ -123,7 +130,9 @@ def _start_detached_cluster(settings: Settings, num_cpus: int | None) -> None:
 def run_batch(settings: Settings, args: argparse.Namespace) -> int:
     """Run :func:`serving.batch.batch_forecast` and print its report as JSON."""
     from serving.batch import batch_forecast
+    from tickcast.lake_cli import parse_as_of
 
+    as_of = parse_as_of(args.as_of)
     end = None
     if args.end:
         try:
@@ -152,6 +161,7 @@ def run_batch(settings: Settings, args: argparse.Namespace) -> int:
         context_length=args.context_length,
         target=args.target,
         end=end,
+        as_of=as_of,
         model=args.model,
         actors=args.actors,
         num_gpus=args.num_gpus,

@@ -1,15 +1,16 @@
 """Reading a ticker's most recent bars from the lake as forecast context.
 
-Bars are partitioned by date, and a day holds a very different number of bars per interval
-(one daily bar, hundreds of minute bars), with gaps for weekends and holidays. So the
-reader walks back over the date partitions that exist, reading only as many days as the
-context needs, instead of scanning the ticker's whole history.
+:func:`tickcast.lake.recent_bars` reads the bars table's newest partitions first and stops
+once it has enough bars, so a context costs the same after a year of history as after a
+week; the table holds each bar once, the latest revision winning. ``as_of`` (a bars table
+version or an aware time) reads the table as it was then, which makes a batch forecast
+reproducible.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, time
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -17,10 +18,7 @@ import numpy as np
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from tickcast.lake import Lake
-
-#: A cautious guess of bars per trading day, to decide how many date partitions to read first.
-_BARS_PER_DAY = {"second": 5000, "minute": 300, "hour": 6, "day": 1}
+    from tickcast.lake import AsOf, Lake
 
 
 class UnknownTicker(LookupError):
@@ -46,39 +44,22 @@ def read_recent_bars(
     count: int,
     columns: list[str],
     end: datetime | None = None,
+    as_of: AsOf = None,
 ) -> pa.Table:
-    """The last ``count`` bars (start < ``end`` when given) of a ticker, oldest first, deduplicated.
+    """The last ``count`` bars (start < ``end`` when given) of a ticker, oldest first, each once;
+    ``start`` and ``end`` are always among the columns.
 
     Raises:
         UnknownTicker: when the ticker has no bars of this interval (before ``end``).
     """
-    import pyarrow as pa
+    from tickcast.lake import recent_bars
 
-    dates = [d.removeprefix("date=") for d in lake.list_dirs(f"bars/interval={interval}/ticker={ticker}")]
-    if end is not None:
-        last_day = end.astimezone(UTC).date().isoformat()
-        dates = [d for d in dates if d <= last_day]
-    if not dates:
-        raise UnknownTicker(f"no {interval} bars for {ticker} in the lake")
-    wanted = sorted(set(columns) | {"start", "end"})
-    days = max(1, -(-count // _BARS_PER_DAY.get(interval, 1)) + 1)
-    while True:
-        first = dates[max(0, len(dates) - days)]
-        start = datetime.combine(datetime.fromisoformat(first).date(), time(0), tzinfo=UTC)
-        table = lake.read_bars(ticker, interval, start=start, end=end, columns=wanted)
-        if table.num_rows > 0:
-            # A replayed file may repeat bars; keep the last copy of each start.
-            starts = table["start"].cast(pa.int64()).to_numpy()
-            _, last_index = np.unique(starts[::-1], return_index=True)
-            keep = np.sort(len(starts) - 1 - last_index)
-            if len(keep) != table.num_rows:
-                table = table.take(pa.array(keep))
-        if table.num_rows >= count or days >= len(dates):
-            break
-        days *= 2
+    wanted = list(dict.fromkeys([*columns, "start", "end"]))
+    table = recent_bars(lake, ticker, interval, count, end, wanted, as_of)
     if table.num_rows == 0:
-        raise UnknownTicker(f"no {interval} bars for {ticker} before {end.isoformat() if end else 'now'}")
-    return table.slice(max(0, table.num_rows - count))
+        when = f" before {end.isoformat()}" if end is not None else ""
+        raise UnknownTicker(f"no {interval} bars for {ticker}{when} in the lake")
+    return table
 
 
 def read_context(
@@ -89,9 +70,11 @@ def read_context(
     target: str,
     covariates: tuple[str, ...] = (),
     end: datetime | None = None,
+    as_of: AsOf = None,
 ) -> Context:
-    """The forecast context of a ticker: the last ``count`` values of ``target`` and covariates."""
-    table = read_recent_bars(lake, ticker, interval, count, [target, *covariates], end)
+    """The forecast context of a ticker: the last ``count`` values of ``target`` and covariates
+    (of the bars table as of ``as_of``, a version or an aware time, when given)."""
+    table = read_recent_bars(lake, ticker, interval, count, [target, *covariates], end, as_of)
 
     def column(name: str) -> np.ndarray:
         # nulls (a missing vwap) become NaN, which Chronos treats as missing values

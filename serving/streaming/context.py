@@ -15,7 +15,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, time, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -149,20 +149,38 @@ class ContextStore:
         values: Sequence[float],
         last_forecast_start: datetime | None = None,
     ) -> int:
-        """Replace a ticker's context with bars read from the lake (sorted by start).
+        """Replace a ticker's context with bars read from the lake (sorted by start; a bar at
+        or before the previous one is skipped).
+
+        Returns the number of values kept (at most ``context_length``).
+        """
+        kept: list[float] = []
+        last: tuple[datetime, datetime] | None = None
+        for start, end, value in zip(starts, ends, values, strict=True):
+            if last is None or start > last[0]:
+                kept.append(float(value))
+                last = (start, end)
+        return self.load_window(ticker, np.asarray(kept, dtype=np.float64), last, last_forecast_start)
+
+    def load_window(
+        self,
+        ticker: str,
+        values: np.ndarray,
+        last_bar: tuple[datetime, datetime] | None,
+        last_forecast_start: datetime | None = None,
+    ) -> int:
+        """Replace a ticker's context with ``values`` (oldest first, one per bar, the newest
+        bar's ``(start, end)`` being ``last_bar``): the vectorised :meth:`load`.
 
         Returns the number of values kept (at most ``context_length``).
         """
         entry = self._entry(ticker)
+        tail = np.asarray(values, dtype=np.float64)[-self.context_length :]
         entry.values[:] = 0.0
-        entry.head = entry.count = 0
-        entry.last_start = entry.last_end = None
-        n = self.context_length
-        for start, end, value in zip(starts[-n:], ends[-n:], values[-n:], strict=True):
-            if entry.last_start is not None and start <= entry.last_start:
-                continue
-            entry.push(float(value))
-            entry.last_start, entry.last_end = start, end
+        entry.values[: len(tail)] = tail
+        entry.count = len(tail)
+        entry.head = len(tail) % self.context_length
+        entry.last_start, entry.last_end = last_bar if len(tail) and last_bar is not None else (None, None)
         entry.last_forecast_start = last_forecast_start
         return entry.count
 
@@ -174,41 +192,6 @@ class ContextStore:
 # -- warm start -----------------------------------------------------------------------------
 
 
-def date_partitions(lake: Lake, prefix: str) -> list[str]:
-    """The ``date=`` partition values under ``prefix``, oldest first."""
-    return [d.removeprefix("date=") for d in lake.list_dirs(prefix) if d.startswith("date=")]
-
-
-def _day_start(day: str) -> datetime:
-    return datetime.combine(datetime.fromisoformat(day).date(), time(0), tzinfo=UTC)
-
-
-def read_recent_bars(
-    lake: Lake,
-    ticker: str,
-    interval: str,
-    rows: int,
-    columns: list[str],
-    until: datetime | None = None,
-) -> Any:
-    """The newest ``rows`` bars of a ticker (with ``start <= until`` when given), via
-    :meth:`Lake.read_bars`, reading date partitions newest first until enough are found."""
-    dates = date_partitions(lake, f"bars/interval={interval}/ticker={ticker}")
-    if until is not None:
-        last_day = until.astimezone(UTC).date().isoformat()
-        dates = [d for d in dates if d <= last_day]
-    if not dates:
-        return None
-    end = until + timedelta(microseconds=1) if until is not None else None
-    n = 1
-    while True:
-        table = lake.read_bars(ticker, interval, start=_day_start(dates[-n]), end=end, columns=columns)
-        if table.num_rows >= rows or n >= len(dates):
-            break
-        n = min(len(dates), n * 2)
-    return table.slice(max(0, table.num_rows - rows))
-
-
 def warm_start_bars(
     store: ContextStore,
     lake: Lake,
@@ -217,28 +200,30 @@ def warm_start_bars(
     target: str,
     last_forecasts: dict[str, datetime],
 ) -> int:
-    """Fill the store from the lake: per ticker, the last ``context_length`` bars.
+    """Fill the store from the lake: per ticker, the last ``context_length`` bars
+    (:func:`tickcast.lake.latest_bars`, all tickers at once).
 
     When a ticker already has forecasts in the lake, its context ends at the bar of its
     last forecast: the bars after it have not been forecast yet, and Kafka redelivers them
     (offsets are committed only after forecasts are persisted), so they are appended and
     forecast as if new. Returns the number of tickers loaded.
     """
+    from tickcast.lake import latest_bars
+
+    names = list(dict.fromkeys(tickers))
+    ends = {t: last_forecasts[t] + timedelta(microseconds=1) for t in names if t in last_forecasts}
+    tables = latest_bars(lake, interval, names, store.context_length, ends, ["start", "end", target])
     loaded = 0
-    for ticker in tickers:
+    for ticker in names:
         until = last_forecasts.get(ticker)
-        table = read_recent_bars(lake, ticker, interval, store.context_length, ["start", "end", target], until)
-        if table is None or table.num_rows == 0:
+        table = tables.get(ticker)
+        if table is None:
             if until is not None:
                 # no bars (yet), but remember the last forecast so redelivered bars are not re-forecast
                 store.load(ticker, [], [], [], last_forecast_start=until)
             continue
-        store.load(
-            ticker,
-            table.column("start").to_pylist(),
-            table.column("end").to_pylist(),
-            table.column(target).to_numpy(zero_copy_only=False).astype(np.float64).tolist(),
-            last_forecast_start=until,
-        )
+        last_bar = (table.column("start")[-1].as_py(), table.column("end")[-1].as_py())
+        values = table.column(target).to_numpy(zero_copy_only=False).astype(np.float64)
+        store.load_window(ticker, values, last_bar, last_forecast_start=until)
         loaded += 1
     return loaded

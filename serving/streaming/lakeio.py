@@ -1,241 +1,153 @@
-"""The forecaster's lake tables: writing forecasts, scores and score aggregates in batches,
-and reading back what a restart needs.
+"""The forecaster's lake tables: what a flush writes and what a restart reads back.
 
-File naming (deterministic, so a replay after a crash overwrites instead of duplicating):
+Writing is :mod:`tickcast.lake.results`: each flush appends its forecasts in one commit to the
+``forecasts`` table, its scores in one commit to ``scores``, and one snapshot of every
+rolling aggregate held to ``score_aggregates`` (the newest snapshot is the current state).
 
-- ``forecasts/interval=I/ticker=T/date=D/fc-<model>-<first>-<last>.parquet``: one file per
-  ticker and flush; ``<first>``/``<last>`` are the first and last ``last_bar_start`` of the
-  ticker's forecasts in the batch (UTC, ``YYYYMMDDTHHMMSSZ``) and ``<model>`` is the first
-  8 hex digits of sha1(model id|version). A ticker's forecasts are strictly increasing in
-  ``last_bar_start``, so two flushes never share a name, and re-forecasting the same bars
-  with the same model rewrites the same object.
-- ``scores/interval=I/ticker=T/date=D/sc-<first>-<last>-<keys>.parquet``: ``<first>``/``<last>``
-  are the first and last ``target_start``; ``<keys>`` is a hash of the (forecast id, step)
-  pairs in the file.
-- ``score_aggregates/interval=I/date=D/agg-<computed_at>.parquet``: one file per flush in
-  which anything was scored, a full snapshot of every rolling aggregate held (``scope`` =
-  ticker or model); the newest file is the current state.
+A forecaster that crashed after a lake commit but before its Kafka commit replays those bars
+and appends the same forecasts and scores again (same ``forecast_id`` and ``step``: forecast
+ids derive from ticker, model and last bar). The table may then hold a key twice until
+``tickcast lake optimize`` folds it; every reader (these, :func:`tickcast.lake.read_forecasts`,
+the dashboard) sees each key once, the latest write winning.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections import defaultdict
-from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
+import math
 from dataclasses import fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-import pyarrow.dataset as ds
-
 from tickcast.contracts import INTERVALS, Forecast, Score
-from tickcast.lake import forecasts_to_table, partition_path, scores_to_table
-
-from .context import date_partitions
-from .scoring import Aggregate
+from tickcast.lake import latest_forecasts, latest_scores, write_aggregates, write_forecasts, write_scores
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from tickcast.lake import Lake
 
-PARTITIONS = ("interval", "ticker", "date")
+__all__ = [
+    "pylist",
+    "recent_forecasts",
+    "recent_scores",
+    "rows_to_forecasts",
+    "rows_to_scores",
+    "warm_lookback",
+    "write_aggregates",
+    "write_forecasts",
+    "write_scores",
+]
 
-AGGREGATE_FILE_SCHEMA = pa.schema(
-    [
-        ("computed_at", pa.timestamp("us", tz="UTC")),
-        ("scope", pa.string()),
-        ("ticker", pa.string()),
-        ("model_id", pa.string()),
-        ("model_version", pa.string()),
-        ("window", pa.int32()),
-        ("steps", pa.int64()),
-        ("mae", pa.float64()),
-        ("mase", pa.float64()),
-        ("wql", pa.float64()),
-        ("coverage_80", pa.float64()),
-        ("coverage_steps", pa.int64()),
-    ]
+#: How many times the bars a score window spans a warm start looks back (gaps, illiquid tickers).
+LOOKBACK_FACTOR = 4
+
+
+def warm_lookback(interval: str, horizon: int, score_window: int) -> timedelta:
+    """How far before the newest forecast (and score) of an interval a warm start reads.
+
+    A ticker's last ``score_window`` scores come from about ``score_window / horizon +
+    horizon`` bars; four times that is read. A ticker not forecast within the lookback
+    starts without a last forecast: its context then ends at its newest bar, so replayed
+    bars are older than the context and are not forecast again either.
+    """
+    bars = math.ceil(score_window / horizon) + horizon
+    return INTERVALS[interval] * LOOKBACK_FACTOR * bars
+
+
+def recent_forecasts(
+    lake: Lake, interval: str, horizon: int, lookback: timedelta
+) -> tuple[dict[str, datetime], dict[str, list[Forecast]]]:
+    """Per ticker: the ``last_bar_start`` of its newest forecast, and the forecasts that may
+    still have unscored steps (those within ``horizon`` bars of it), oldest first.
+
+    Reads every ticker at once (see :func:`tickcast.lake.latest_forecasts`); a forecast the
+    table holds twice after a replay comes back once.
+    """
+    window = INTERVALS[interval] * horizon
+    last: dict[str, datetime] = {}
+    pending: dict[str, list[Forecast]] = {}
+    for ticker, rows in latest_forecasts(lake, interval, window, lookback).items():
+        forecasts = rows_to_forecasts(rows, ticker, interval)
+        last[ticker] = forecasts[-1].last_bar_start
+        pending[ticker] = forecasts
+    return last, pending
+
+
+def recent_scores(lake: Lake, interval: str, rows: int, lookback: timedelta) -> dict[str, list[Score]]:
+    """Per ticker, its newest ``rows`` scores, oldest first (each scored step once)."""
+    return {
+        ticker: rows_to_scores(table, ticker, interval)
+        for ticker, table in latest_scores(lake, interval, rows, lookback).items()
+    }
+
+
+def pylist(column: pa.ChunkedArray | pa.Array) -> list[Any]:
+    """A column as Python values; UTC timestamps several times faster than ``to_pylist``
+    (which builds a time zone per value), as aware datetimes all the same."""
+    import pyarrow as pa
+
+    if pa.types.is_timestamp(column.type) and column.null_count == 0:
+        micros = column.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy().tolist()
+        return [_EPOCH + timedelta(microseconds=m) for m in micros]
+    return column.to_pylist()
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+_FORECAST_COLUMNS = (
+    "forecast_id",
+    "model_id",
+    "model_version",
+    "issued_at",
+    "last_bar_start",
+    "bar_event_time",
+    "horizon",
+    "target",
+    "step",
+    "mean",
+    "quantile_levels",
+    "quantile_values",
 )
 
 
-def _stamp(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
-
-
-def _short_hash(text: str, n: int = 8) -> str:
-    return hashlib.sha1(text.encode()).hexdigest()[:n]
-
-
-def forecast_file_name(forecasts: Sequence[Forecast]) -> str:
-    """The deterministic file name of one ticker's forecasts in one flush."""
-    first = min(f.last_bar_start for f in forecasts)
-    last = max(f.last_bar_start for f in forecasts)
-    models = sorted({f"{f.model_id}|{f.model_version}" for f in forecasts})
-    return f"fc-{_short_hash(';'.join(models))}-{_stamp(first)}-{_stamp(last)}.parquet"
-
-
-def score_file_name(scores: Sequence[Score]) -> str:
-    """The deterministic file name of one ticker's scores in one flush."""
-    first = min(s.target_start for s in scores)
-    last = max(s.target_start for s in scores)
-    keys = ";".join(sorted(f"{s.forecast_id}:{s.step}" for s in scores))
-    return f"sc-{_stamp(first)}-{_stamp(last)}-{_short_hash(keys, 10)}.parquet"
-
-
-def _by_ticker(items: Sequence[Any]) -> dict[str, list[Any]]:
-    groups: dict[str, list[Any]] = defaultdict(list)
-    for item in items:
-        groups[item.ticker].append(item)
-    return groups
-
-
-def _run(tasks: list[Callable[[], list[str]]], executor: Executor | None) -> list[str]:
-    if executor is None:
-        return [path for task in tasks for path in task()]
-    return [path for future in [executor.submit(t) for t in tasks] for path in future.result()]
-
-
-def _write_ticker_table(lake: Lake, table_name: str, data: pa.Table, file_name: str) -> list[str]:
-    """One ticker's rows: what :meth:`Lake.write_partitioned` writes, without its group-by.
-
-    The rows already share interval and ticker, and nearly always one date, so the
-    general split (a group-by plus one filter per partition) would cost more CPU than the
-    Parquet encoding itself; with thousands of tickers per flush that matters on 2 cores.
-    Files, paths and names are exactly those of ``write_partitioned``.
-    """
-    dates = data.column("date").unique().to_pylist()
-    if len(dates) != 1:
-        return lake.write_partitioned(table_name, data, PARTITIONS, file_name)
-    first = {c: str(data.column(c)[0].as_py()) for c in PARTITIONS}
-    rel = f"{partition_path(table_name, [(c, first[c]) for c in PARTITIONS])}/{file_name}"
-    return [lake.write_parquet(rel, data.drop_columns(list(PARTITIONS)))]
-
-
-def write_forecasts(lake: Lake, forecasts: Sequence[Forecast], executor: Executor | None = None) -> list[str]:
-    """Write forecasts, one file per ticker (and date); returns the lake paths written.
-
-    Each ticker's rows go through :func:`tickcast.lake.forecasts_to_table` and land where
-    :meth:`Lake.write_partitioned` puts them; the per-ticker split keeps a flush linear in
-    its size, and ``executor`` writes the files in parallel.
-    """
-
-    def task(group: list[Forecast]) -> Callable[[], list[str]]:
-        return lambda: _write_ticker_table(lake, "forecasts", forecasts_to_table(group), forecast_file_name(group))
-
-    return _run([task(g) for g in _by_ticker(forecasts).values()], executor)
-
-
-def write_scores(lake: Lake, scores: Sequence[Score], executor: Executor | None = None) -> list[str]:
-    """Write scores, one file per ticker (and date); returns the lake paths written."""
-
-    def task(group: list[Score]) -> Callable[[], list[str]]:
-        return lambda: _write_ticker_table(lake, "scores", scores_to_table(group), score_file_name(group))
-
-    return _run([task(g) for g in _by_ticker(scores).values()], executor)
-
-
-def aggregates_to_table(aggregates: Sequence[Aggregate], computed_at: datetime, interval: str, window: int) -> pa.Table:
-    """Aggregates as rows of the ``score_aggregates`` table (plus partition columns)."""
-    rows: dict[str, list[Any]] = {name: [] for name in AGGREGATE_FILE_SCHEMA.names}
-    for agg in aggregates:
-        data = agg.to_dict()
-        rows["computed_at"].append(computed_at)
-        rows["window"].append(window)
-        for name in AGGREGATE_FILE_SCHEMA.names:
-            if name in data:
-                rows[name].append(data[name])
-    table = pa.Table.from_pydict(rows, schema=AGGREGATE_FILE_SCHEMA)
-    day = computed_at.astimezone(UTC).date().isoformat()
-    table = table.append_column("interval", pa.array([interval] * table.num_rows, pa.string()))
-    return table.append_column("date", pa.array([day] * table.num_rows, pa.string()))
-
-
-def write_aggregates(
-    lake: Lake, aggregates: Sequence[Aggregate], computed_at: datetime, interval: str, window: int
-) -> list[str]:
-    """Write one ``score_aggregates`` file with these aggregates."""
-    if not aggregates:
-        return []
-    table = aggregates_to_table(aggregates, computed_at, interval, window)
-    name = f"agg-{computed_at.astimezone(UTC).strftime('%Y%m%dT%H%M%S%fZ')}.parquet"
-    return lake.write_partitioned("score_aggregates", table, ("interval", "date"), name)
-
-
-# -- reading back (warm start) ----------------------------------------------------------------
-
-
-def _read_dates(lake: Lake, prefix: str, dates: list[str], columns: list[str] | None = None) -> pa.Table | None:
-    if not dates:
-        return None
-    return lake.read_table(prefix, ("date",), filter=ds.field("date") >= dates[0], columns=columns)
-
-
-def recent_forecasts(lake: Lake, ticker: str, interval: str, horizon: int) -> tuple[datetime | None, list[Forecast]]:
-    """The last forecast's ``last_bar_start`` of a ticker and the forecasts that may still
-    have unscored steps after it (those issued within ``horizon`` bars of it)."""
-    prefix = f"forecasts/interval={interval}/ticker={ticker}"
-    dates = date_partitions(lake, prefix)
-    if not dates:
-        return None, []
-    latest = _read_dates(lake, prefix, dates[-1:], ["last_bar_start"])
-    if latest is None or latest.num_rows == 0:
-        return None, []
-    last = max(latest.column("last_bar_start").to_pylist())
-    cutoff = last - INTERVALS[interval] * horizon
-    table = _read_dates(lake, prefix, [d for d in dates if d >= cutoff.date().isoformat()])
-    if table is None:
-        return last, []
-    table = table.filter(ds.field("last_bar_start") > pa.scalar(cutoff))
-    return last, rows_to_forecasts(table, ticker, interval)
-
-
 def rows_to_forecasts(table: pa.Table, ticker: str, interval: str) -> list[Forecast]:
-    """Forecast rows (one per step, as in the lake) back into :class:`Forecast` objects."""
-    grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in table.to_pylist():
-        grouped[row["forecast_id"]].append(row)
+    """Forecast rows (one per step, as in the lake) back into :class:`Forecast` objects,
+    sorted by ``last_bar_start``."""
+    columns = {name: pylist(table[name]) for name in _FORECAST_COLUMNS}
+    grouped: dict[str, list[int]] = {}
+    for i, fid in enumerate(columns["forecast_id"]):
+        grouped.setdefault(fid, []).append(i)
     out = []
     for fid, rows in grouped.items():
-        rows.sort(key=lambda r: r["step"])
+        rows.sort(key=lambda r: columns["step"][r])
         first = rows[0]
-        levels = first["quantile_levels"] or []
-        quantiles = {str(level): [r["quantile_values"][i] for r in rows] for i, level in enumerate(levels)}
+        levels = columns["quantile_levels"][first] or []
+        values = columns["quantile_values"]
         out.append(
             Forecast(
                 id=fid,
                 ticker=ticker,
                 interval=interval,
-                model_id=first["model_id"],
-                model_version=first["model_version"],
-                issued_at=first["issued_at"],
-                last_bar_start=first["last_bar_start"],
-                bar_event_time=first["bar_event_time"],
-                horizon=int(first["horizon"]),
-                target=first["target"],
-                mean=[float(r["mean"]) for r in rows],
-                quantiles=quantiles,
+                model_id=columns["model_id"][first],
+                model_version=columns["model_version"][first],
+                issued_at=columns["issued_at"][first],
+                last_bar_start=columns["last_bar_start"][first],
+                bar_event_time=columns["bar_event_time"][first],
+                horizon=int(columns["horizon"][first]),
+                target=columns["target"][first],
+                mean=[float(columns["mean"][r]) for r in rows],
+                quantiles={str(level): [values[r][i] for r in rows] for i, level in enumerate(levels)},
             )
         )
     out.sort(key=lambda f: f.last_bar_start)
     return out
 
 
-def recent_scores(lake: Lake, ticker: str, interval: str, rows: int) -> list[Score]:
-    """The newest ``rows`` scores of a ticker, oldest first."""
-    prefix = f"scores/interval={interval}/ticker={ticker}"
-    dates = date_partitions(lake, prefix)
-    if not dates:
-        return []
-    n = 1
-    while True:
-        table = _read_dates(lake, prefix, dates[-n:])
-        if table is None or table.num_rows >= rows or n >= len(dates):
-            break
-        n = min(len(dates), n * 2)
-    if table is None or table.num_rows == 0:
-        return []
-    table = table.sort_by([("target_start", "ascending"), ("step", "ascending")])
-    table = table.slice(max(0, table.num_rows - rows))
+def rows_to_scores(table: pa.Table, ticker: str, interval: str) -> list[Score]:
+    """Score rows back into :class:`Score` objects, in row order."""
     names = [f.name for f in fields(Score) if f.name not in ("ticker", "interval")]
-    return [Score(ticker=ticker, interval=interval, **{k: r[k] for k in names}) for r in table.to_pylist()]
+    columns = [pylist(table[name]) for name in names]  # column-wise: much faster than row dicts
+    return [
+        Score(ticker=ticker, interval=interval, **dict(zip(names, values, strict=True)))
+        for values in zip(*columns, strict=True)
+    ]

@@ -21,7 +21,7 @@ waiting on Kafka or Serve. In order:
    bars that were never covered by a persisted forecast.
 
 A (ticker, last bar) is never forecast twice: the context store remembers the last bar
-forecast per ticker, warm-started from the lake's ``forecasts/`` table on start-up.
+forecast per ticker, warm-started from the lake's ``forecasts`` table on start-up.
 """
 
 from __future__ import annotations
@@ -32,8 +32,12 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from tickcast.contracts import Bar, Forecast, Score, now_utc
 from tickcast.errors import (
@@ -97,17 +101,17 @@ class _FlushJob:
     error: StoreUnavailable | None = None
 
     def run(self) -> None:
-        """Flush Kafka, then write forecasts, scores and aggregates (any thread)."""
+        """Flush Kafka, then append forecasts, scores and aggregates to the lake (any thread)."""
         from .lakeio import write_aggregates, write_forecasts, write_scores
 
         service = self.service
         try:
             if service._producer is not None and self.forecasts:
                 service._producer.flush(timeout=service.settings.kafka.request_timeout_s)
-            if self.forecasts:
-                write_forecasts(service.lake, self.forecasts, service._io_pool)
-            if self.scores:
-                write_scores(service.lake, self.scores, service._io_pool)
+            # one commit per table: a retry after a failure may append a key again, and
+            # readers see each (forecast_id, step) once
+            write_forecasts(service.lake, self.forecasts)
+            write_scores(service.lake, self.scores)
             if self.aggregates:
                 cfg = service.cfg
                 write_aggregates(service.lake, self.aggregates, now_utc(), cfg.interval, cfg.score_window)
@@ -196,7 +200,6 @@ class ForecasterService:
         self._rebalance_stuck = 0
         self._in_flight_tickers: set[str] = set()
         self._pool = ThreadPoolExecutor(f.max_in_flight, thread_name_prefix="serve")
-        self._io_pool = ThreadPoolExecutor(8, thread_name_prefix="lake")
         self._flush_pool = ThreadPoolExecutor(1, thread_name_prefix="flush")
         self._flush_job: _FlushJob | None = None
         self._forecast_buffer: list[Forecast] = []
@@ -249,7 +252,7 @@ class ForecasterService:
     def close(self) -> None:
         """Finish in-flight requests, write the lake batch, commit, close clients in order."""
         if not self._started:
-            for pool in (self._pool, self._io_pool, self._flush_pool):
+            for pool in (self._pool, self._flush_pool):
                 pool.shutdown(wait=False)
             self.client.close()
             return
@@ -261,7 +264,7 @@ class ForecasterService:
             except StoreUnavailable as exc:
                 log.error("final lake write failed, offsets not committed: %s", exc.one_line())
         finally:
-            for pool in (self._pool, self._flush_pool, self._io_pool):
+            for pool in (self._pool, self._flush_pool):
                 pool.shutdown(wait=True)
             if self._producer is not None:
                 self._producer.flush(timeout=self.settings.kafka.request_timeout_s)
@@ -293,25 +296,27 @@ class ForecasterService:
 
     # -- warm start --------------------------------------------------------------------------
     def warm_start(self) -> int:
-        """Load per-ticker context, pending forecasts and score windows from the lake."""
-        from .context import read_recent_bars
-        from .lakeio import recent_forecasts, recent_scores
+        """Load per-ticker context, pending forecasts and score windows from the lake.
+
+        Three reads, each of every ticker at once: the newest forecasts, the newest scores,
+        and the last ``context_length`` bars up to each ticker's last forecast (see
+        :mod:`.lakeio` for how far back they look).
+        """
+        from tickcast.lake import latest_bars
+
+        from .lakeio import recent_forecasts, recent_scores, warm_lookback
 
         interval, target, horizon = self.cfg.interval, self.cfg.target, self.cfg.horizon
-        tickers = set(self.lake.bar_tickers(interval))
-        tickers |= {d.removeprefix("ticker=") for d in self.lake.list_dirs(f"forecasts/interval={interval}")}
+        t0 = time.monotonic()
+        lookback = warm_lookback(interval, horizon, self.cfg.score_window)
+        lasts, pending = recent_forecasts(self.lake, interval, horizon, lookback)
+        tickers = sorted(set(self.lake.bar_tickers(interval)) | set(lasts))
         if not tickers:
             return 0
-        t0 = time.monotonic()
-
-        def load(ticker: str) -> tuple[str, Any, datetime | None, list[Forecast], list[Score]]:
-            last, forecasts = recent_forecasts(self.lake, ticker, interval, horizon)
-            columns = ["start", "end", target]
-            bars = read_recent_bars(self.lake, ticker, interval, self.cfg.context_length, columns, last)
-            scores = recent_scores(self.lake, ticker, interval, self.cfg.score_window)
-            return ticker, bars, last, forecasts, scores
-
-        results = list(self._io_pool.map(load, sorted(tickers)))
+        until = {t: last + timedelta(microseconds=1) for t, last in lasts.items()}
+        contexts = latest_bars(self.lake, interval, tickers, self.cfg.context_length, until, ["start", "end", target])
+        windows = recent_scores(self.lake, interval, self.cfg.score_window, lookback)
+        results = [(t, contexts.get(t), lasts.get(t), pending.get(t, []), windows.get(t, [])) for t in tickers]
 
         def recency(item: tuple[str, Any, datetime | None, list[Forecast], list[Score]]) -> datetime:
             _, bars, last, _, _ = item
@@ -321,28 +326,23 @@ class ForecasterService:
         results.sort(key=recency)
         results = results[-self.cfg.max_tickers :]  # the most recently active tickers win the cap
         for ticker, bars, last, forecasts, scores in results:
+            by_start: dict[datetime, float] = {}
+            if bars is not None:
+                bars = bars.filter(pc.is_valid(bars[target]))  # a nullable target (vwap) may have gaps
             if bars is not None and bars.num_rows:
-                # a nullable target (vwap) may have gaps: the context holds only real values
-                rows = [
-                    (s, e, float(v))
-                    for s, e, v in zip(
-                        bars.column("start").to_pylist(),
-                        bars.column("end").to_pylist(),
-                        bars.column(target).to_pylist(),
-                        strict=True,
-                    )
-                    if v is not None
-                ]
-                starts, ends, values = [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
-                self.context.load(ticker, starts, ends, values, last)
-                by_start = dict(zip(starts, values, strict=True))
+                values = bars[target].to_numpy(zero_copy_only=False).astype(np.float64)
+                last_bar = (bars["start"][-1].as_py(), bars["end"][-1].as_py())
+                self.context.load_window(ticker, values, last_bar, last)
+                if forecasts:  # the actuals at the pending forecasts' last bars, for their naive errors
+                    origins = pa.array([f.last_bar_start for f in forecasts], bars.schema.field("start").type)
+                    at = bars.filter(pc.is_in(bars["start"], value_set=origins))
+                    by_start = dict(zip(at["start"].to_pylist(), at[target].to_pylist(), strict=True))
             else:
                 self.context.load(ticker, [], [], [], last)
-                by_start = {}
             for forecast in forecasts:
                 last_actual = by_start.get(forecast.last_bar_start)
                 if last_actual is not None:
-                    self.scorer.add_forecast(forecast, last_actual, skip_until=last)
+                    self.scorer.add_forecast(forecast, float(last_actual), skip_until=last)
             self.scorer.load_scores(scores)
         self.context.pop_evicted()
         log.info(

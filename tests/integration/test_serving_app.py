@@ -19,15 +19,18 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 import schemathesis
+from deltalake import DeltaTable
 from forecast_reference import assert_forecasts_close, reference_quantiles
 from hypothesis import HealthCheck
 from hypothesis import settings as hsettings
 
 from serving.tiny_models import build_tiny_model
 from tickcast.contracts import Bar
-from tickcast.lake import Lake, read_forecasts
+from tickcast.lake import BARS, FORECASTS, Lake, read_forecasts, tables
 from tickcast.settings import Settings, load_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -51,18 +54,23 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _minute_bars(ticker: str, closes: np.ndarray, t0: datetime, gap_after: int | None = None) -> list[Bar]:
+    """One minute bar per close from ``t0`` on (a day later from bar ``gap_after`` on)."""
+    bars = []
+    for i, c in enumerate(closes):
+        gap = timedelta(days=1) if gap_after is not None and i >= gap_after else timedelta()
+        start = t0 + timedelta(minutes=i) + gap
+        end = start + timedelta(minutes=1)
+        bars.append(Bar(ticker, "minute", start, end, c, c + 1, c - 1, c, 1000.0 + i, source="t"))
+    return bars
+
+
 def _write_bars(lake: Lake) -> None:
+    """AAPL and MSFT: 600 minute bars each over two days (two partitions), one commit per ticker."""
     t0 = datetime(2024, 3, 4, 14, 30, tzinfo=UTC)
     rng = np.random.default_rng(7)
     for ticker in ("AAPL", "MSFT"):
-        closes = 100 + rng.standard_normal(600).cumsum()
-        bars = []
-        for i, c in enumerate(closes):
-            start = t0 + timedelta(minutes=i) + (timedelta(days=1) if i >= 300 else timedelta())
-            bars.append(
-                Bar(ticker, "minute", start, start + timedelta(minutes=1), c, c + 1, c - 1, c, 1000.0 + i, source="t")
-            )
-        lake.write_bars(bars, "part-0.parquet")
+        lake.write_bars(_minute_bars(ticker, 100 + rng.standard_normal(600).cumsum(), t0, gap_after=300))
 
 
 @pytest.fixture(scope="module")
@@ -305,18 +313,69 @@ def test_batch_forecast_writes_the_lake_idempotently(served: Served) -> None:
     from serving.batch import batch_forecast
 
     settings = served.settings
+    lake = Lake(settings.lake)
     args = dict(horizon=4, context_length=120, model=str(served.bolt), actors=1, progress=False)
     report = batch_forecast(settings, ["AAPL", "MSFT", "NOPE"], **args)
     assert (report.tickers, report.forecast, report.skipped, report.failed) == (3, 2, ["NOPE"], {})
-    lake = Lake(settings.lake)
-    files = lake.list_files("forecasts")
+    assert (report.rows, report.bars_version, report.as_of) == (8, tables.table_version(lake, BARS), None)
     rows = read_forecasts(lake, "AAPL", "minute")
     assert rows.num_rows == 4 and rows["model_id"][0].as_py() == "bolt"
     closes = lake.read_bars("AAPL", "minute")["close"].to_pylist()[-120:]
     mean = np.array([rows["mean"].to_pylist()])
     _check_against_pipeline(served, served.bolt, [closes], 4, [0.1, 0.5, 0.9], None, mean)
-    batch_forecast(settings, ["AAPL", "MSFT"], **args)  # same run again: same files, overwritten
-    assert lake.list_files("forecasts") == files and read_forecasts(lake, "AAPL", "minute").num_rows == 4
+    # one commit, which records the bars table version its contexts were read from
+    commit = DeltaTable(lake.table_uri("forecasts")).history(1)[0]
+    assert commit["version"] == report.forecasts_version and commit["bars_version"] == str(report.bars_version)
+
+    again = batch_forecast(settings, ["AAPL", "MSFT"], **args)  # same run again: rows replaced, not added
+    assert again.forecasts_version == report.forecasts_version + 1 and again.bars_version == report.bars_version
+    assert read_forecasts(lake, "AAPL", "minute").num_rows == 4
+    assert tables.scan(lake, FORECASTS, unique=False).num_rows == 8  # the files hold each row once too
+
+
+def test_batch_forecast_as_of_an_old_bars_version_reproduces_it(served: Served, capsys: Any) -> None:
+    from serving.batch import batch_forecast
+    from tickcast.cli import build_parser
+
+    settings = served.settings
+    lake = Lake(settings.lake)
+    t0 = datetime(2024, 3, 6, 14, 30, tzinfo=UTC)
+    closes = 50 + np.random.default_rng(11).standard_normal(200).cumsum()
+    version = lake.write_bars(_minute_bars("TT", closes[:150], t0))
+    args = dict(horizon=4, context_length=120, model=str(served.bolt), actors=1, progress=False)
+    first = batch_forecast(settings, ["TT"], **args)
+    assert first.bars_version == version
+    before = read_forecasts(lake, "TT", "minute")
+    assert before.num_rows == 4
+
+    later = lake.write_bars(_minute_bars("TT", closes[150:], t0 + timedelta(minutes=150)))  # new bars arrive
+    latest = batch_forecast(settings, ["TT"], **args)
+    assert latest.bars_version == later and read_forecasts(lake, "TT", "minute").num_rows == 8
+
+    # the CLI with --as-of the first run's version: the same forecast, value for value
+    cli = ["batch-forecast", "--tickers", "TT", "--as-of", str(version), "--horizon", "4", "--context-length", "120"]
+    parsed = build_parser().parse_args([*cli, "--model", str(served.bolt), "--actors", "1", "--no-progress"])
+    capsys.readouterr()
+    assert parsed.handler(settings, parsed) == 0
+    replay = json.loads(capsys.readouterr().out)
+    assert (replay["bars_version"], replay["as_of"], replay["forecast"]) == (version, str(version), 1)
+
+    def check_reproduced(previous: pa.Table) -> pa.Table:
+        rows = read_forecasts(lake, "TT", "minute")
+        assert rows.num_rows == 8  # the replay replaced its forecast's rows: same ids, not new ones
+        again = rows.filter(pc.is_in(rows["forecast_id"], value_set=before["forecast_id"]))
+        assert min(again["issued_at"].to_pylist()) > max(previous["issued_at"].to_pylist())  # rewritten ...
+        for column in ("forecast_id", "last_bar_start", "step", "mean", "p10", "p50", "p90", "quantile_values"):
+            assert again[column].to_pylist() == before[column].to_pylist(), column  # ... with the same values
+        return again
+
+    replayed = check_reproduced(before)
+    # as of a time (the commit time of that version): the same table version
+    (commit,) = [c for c in DeltaTable(lake.table_uri("bars")).history() if c["version"] == version]
+    when = datetime.fromtimestamp(commit["timestamp"] / 1000, tz=UTC)
+    by_time = batch_forecast(settings, ["TT"], as_of=when, **args)
+    assert (by_time.bars_version, by_time.as_of) == (version, when.isoformat())
+    check_reproduced(replayed)
 
 
 def test_model_swap_without_downtime_then_from_minio(served: Served, s3_settings: Settings) -> None:

@@ -3,7 +3,8 @@ random-weight Bolt model), real lake on disk.
 
 - replayed bars produce forecasts for every ticker, on Kafka and in the lake;
 - forecasts are scored once their actual bars arrive, and the scores match an independent
-  recomputation from the lake (DuckDB over forecasts/, scores/ and bars/);
+  recomputation from the lake (DuckDB over the files of the forecasts, scores and bars
+  tables' current versions, as delta-rs lists them: no tickcast code);
 - a restart (even a fresh consumer group replaying everything) duplicates nothing;
 - with Serve stopped mid-stream the forecaster coalesces (pending <= tickers, memory
   bounded), and catches up by itself once Serve is back.
@@ -24,10 +25,11 @@ import duckdb
 import numpy as np
 import pytest
 from conftest import build_micro_bolt, free_port
+from deltalake import DeltaTable
 
 from serving.streaming.service import ForecasterService
 from tickcast.contracts import Bar, Forecast, quantile_loss
-from tickcast.lake import Lake
+from tickcast.lake import FORECASTS, Lake, read_forecasts, tables
 from tickcast.settings import Settings, load_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -138,17 +140,19 @@ def read_kafka_forecasts(settings: Settings) -> list[Forecast]:
 
 
 def sql(lake_dir: Path, query: str) -> list[tuple[Any, ...]]:
-    """Run DuckDB over the lake's Parquet files (no tickcast code involved)."""
+    """Run DuckDB over the data files of each table's current version (no tickcast code involved;
+    every row the files hold, so a key written twice would show twice)."""
     con = duckdb.connect()
     for table in ("bars", "forecasts", "scores", "score_aggregates"):
-        files = f"{lake_dir}/{table}/**/*.parquet"
-        if list(lake_dir.glob(f"{table}/**/*.parquet")):
-            con.execute(f"create view {table} as select * from read_parquet('{files}', hive_partitioning=true)")
+        if DeltaTable.is_deltatable(str(lake_dir / table)):
+            files = DeltaTable(str(lake_dir / table)).file_uris()
+            if files:
+                con.execute(f"create view {table} as select * from read_parquet({files!r})")
     return con.execute(query).fetchall()
 
 
 def check_scores_against_the_lake(lake_dir: Path) -> int:
-    """Recompute every score from forecasts/ and bars/ and compare; returns the number checked."""
+    """Recompute every score from the forecasts and bars tables and compare; returns the number checked."""
     rows = sql(
         lake_dir,
         """
@@ -217,7 +221,7 @@ def test_replay_forecasts_scores_and_restart_without_duplicates(
 
     # 1. a replayed history: the sink would have written it to the lake as well
     bars = make_bars(tickers, 0, history)
-    lake.write_bars(bars, "history.parquet")
+    lake.write_bars(bars)
     produce(settings, bars)
     service = ForecasterService(settings)
     stats = service.run(max_records=len(bars), timeout=60)
@@ -228,7 +232,7 @@ def test_replay_forecasts_scores_and_restart_without_duplicates(
     # 2. live rounds: one bar per ticker, each scored against the forecasts before it
     for r in range(rounds):
         fresh = make_bars(tickers, history + r, 1)
-        lake.write_bars(fresh, f"round-{r}.parquet")
+        lake.write_bars(fresh)
         produce(settings, fresh)
         before = service.stats.forecasts
         stats = service.run(max_records=len(tickers), timeout=30)
@@ -247,7 +251,7 @@ def test_replay_forecasts_scores_and_restart_without_duplicates(
     # (those issued at the last H bars: bars 21, 22 and 23 each have steps after bar 23)
     assert again.scorer.pending_forecasts() == len(tickers) * H
     fresh = make_bars(tickers, history + rounds, 1)
-    lake.write_bars(fresh, "round-last.parquet")
+    lake.write_bars(fresh)
     produce(replay, fresh)
     again.run(max_records=len(tickers), timeout=30)
     assert again.stats.forecasts == len(tickers)
@@ -343,11 +347,12 @@ def test_serve_outage_coalesces_then_catches_up(
     group = settings.forecaster.group_id
     committed = kafka_admin.list_group_offsets({group: None})[group]
     assert sum(meta.offset for tp, meta in committed.items() if tp.topic == settings.kafka.topic_bars) == n * next_bar
-    table = Lake(settings.lake).read_table("forecasts", ("interval", "ticker", "date"))
-    assert table is not None
+    lake = Lake(settings.lake)
+    table = read_forecasts(lake, None, "minute")
     latest: dict[str, datetime] = {}
     for row in table.select(["ticker", "last_bar_start"]).to_pylist():
         latest[row["ticker"]] = max(latest.get(row["ticker"], row["last_bar_start"]), row["last_bar_start"])
     assert latest == {t: T0 + (next_bar - 1) * M for t in tickers}
-    ids = table.column("forecast_id").to_pylist()
+    # every row the table's files hold (no dedupe on read): no forecast was written twice
+    ids = tables.scan(lake, FORECASTS, columns=["forecast_id"], unique=False).column("forecast_id").to_pylist()
     assert len(ids) == H * len(set(ids)), "no forecast twice"

@@ -19,7 +19,7 @@ from serving.streaming.client import CircuitBreaker, ServeClient
 from serving.streaming.service import ForecasterService
 from tickcast.contracts import Bar
 from tickcast.errors import ConfigError
-from tickcast.lake import Lake
+from tickcast.lake import Lake, read_forecasts
 from tickcast.settings import Settings, load_settings
 
 T0 = datetime(2024, 1, 2, 15, 0, tzinfo=UTC)
@@ -134,7 +134,7 @@ def test_failed_lake_write_keeps_the_batch_and_commits_nothing(tmp_path: Path) -
     (tmp_path / "forecasts").unlink()
     service.flush()  # no consumer here, so nothing to commit, but the batch lands
     assert not service._forecast_buffer and service.health()[0] is True
-    assert list(tmp_path.glob("forecasts/interval=minute/ticker=AAPL/date=*/fc-*.parquet"))
+    assert read_forecasts(service.lake, "AAPL", "minute")["forecast_id"].to_pylist() == [f.id]
     service.close()
 
 
@@ -155,4 +155,43 @@ def test_rebalance_keeps_pending_of_partitions_that_come_back(tmp_path: Path) ->
     service._on_assigned([TopicPartition("bars", 0)])
     assert list(service.pending) == ["AAPL"]
     assert service.safe_offsets() == {("bars", 0): 5}
+    service.close()
+
+
+def test_warm_start_reads_context_pending_forecasts_and_scores_from_the_lake(tmp_path: Path) -> None:
+    from serving.streaming.scoring import Scorer
+    from tickcast.contracts import Forecast
+    from tickcast.lake import write_forecasts, write_scores
+
+    service = make(tmp_path, horizon=3, context_length=8, score_window=8)
+    assert service.warm_start() == 0  # an empty lake
+    lake = service.lake
+    lake.write_bars([bar("AAPL", i) for i in range(12)] + [bar("MSFT", i) for i in range(5)])
+
+    def forecast(i: int) -> Forecast:
+        mean = [1.0, 2.0, 3.0]
+        return Forecast("AAPL", "minute", "m", "1", T0 + (i + 1) * M, T0 + i * M, 3, "close", mean, {"0.5": mean})
+
+    forecasts = [forecast(i) for i in range(4, 10)]
+    write_forecasts(lake, forecasts)
+    write_forecasts(lake, forecasts[-2:])  # a replay after a crash
+    scorer = Scorer(window=8, max_pending=8)
+    scores = []
+    for f in forecasts[:3]:
+        scorer.add_forecast(f, 10.5)
+    for i in range(5, 8):
+        scores += scorer.on_bar("AAPL", T0 + i * M, 10.5 + i)
+    write_scores(lake, scores)
+
+    assert service.warm_start() == 2
+    aapl, msft = service.context.get("AAPL"), service.context.get("MSFT")
+    assert aapl is not None and msft is not None
+    # AAPL's context ends at its last forecast's bar (9): bars 10 and 11 come again from Kafka
+    assert (aapl.last_start, aapl.last_forecast_start) == (T0 + 9 * M, T0 + 9 * M)
+    assert list(aapl.window()) == [10.5 + i for i in range(2, 10)]
+    assert (msft.last_start, msft.last_forecast_start) == (T0 + 4 * M, None)
+    # the forecasts of bars 7, 8 and 9 still wait for actuals, each once
+    assert [p.forecast.last_bar_start for p in service.scorer.pending_for("AAPL")] == [T0 + i * M for i in (7, 8, 9)]
+    (window,) = service.scorer.ticker_aggregates()
+    assert window.steps == len(scores) == 6
     service.close()
