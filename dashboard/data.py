@@ -1,10 +1,14 @@
 """Reading the lake for the dashboard: pruned reads, and Streamlit caches around them.
 
-Every read names one ticker's folder and a range of date partitions, so a page never scans
-other tickers or days (``Lake.read_bars`` prunes by the Hive partitions before opening a
-file). A window of bars is read in two parts: the days before the newest one, cached for
-minutes because they no longer change, and the newest day, cached for a couple of seconds,
-so the live page's refresh re-reads one partition instead of the whole range.
+Every read goes through :mod:`tickcast.lake` and names one ticker, an interval and a range
+of ``period`` partitions (a day of minute or second bars, a year of hourly or daily bars),
+so a page never opens the files of other periods, and the files of other tickers are
+skipped by their statistics. The periods that may hold a ticker's rows come from the Delta
+log alone (:func:`tickcast.lake.bar_periods`, :func:`~tickcast.lake.forecast_periods`,
+:func:`~tickcast.lake.score_periods`). A window of bars is read in two parts: the periods
+before the newest one, cached for minutes because they no longer change, and the newest
+period, cached for a couple of seconds, so the live page's refresh re-reads one partition
+instead of the whole range.
 
 The plain functions take a :class:`~tickcast.lake.Lake` and work without Streamlit (the
 benchmark and tests use them); the ``cached_*`` functions are the pages' entry points.
@@ -16,21 +20,25 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import timedelta
 from io import StringIO
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as ds
 import streamlit as st
 
 from dashboard.analysis import bars_frame, forecasts_frame, scores_frame
+from tickcast import lake as tl
 from tickcast.contracts import INTERVALS
-from tickcast.lake import Lake
+from tickcast.lake import FORECASTS, SCORES, Lake
+from tickcast.lake import tables as lake_tables
 from tickcast.settings import Settings, load_settings
 
 BAR_COLUMNS = ["start", "open", "high", "low", "close", "volume", "vwap"]
+
+#: The forecaster's tables the pages read, and the time column each is partitioned by.
+ROW_TABLES: dict[str, str] = {"forecasts": "last_bar_start", "scores": "target_start"}
 
 #: Time ranges offered per interval, ending at the newest bar (None: everything).
 RANGES: dict[str, dict[str, timedelta | None]] = {
@@ -69,42 +77,42 @@ RANGES: dict[str, dict[str, timedelta | None]] = {
 }
 DEFAULT_RANGE = {"second": "15 min", "minute": "1 day", "hour": "1 month", "day": "1 year"}
 
-LIVE_TTL_S = 2.0  # the newest partition and folder listings: the live page refreshes every few seconds
+LIVE_TTL_S = 2.0  # the newest partition and period listings: the live page refreshes every few seconds
 LIST_TTL_S = 15.0
-HISTORY_TTL_S = 600.0  # past days of bars, forecasts and scores do not change
+HISTORY_TTL_S = 600.0  # past periods of bars, forecasts and scores do not change
 REPORT_TTL_S = 60.0
 
 
 # -- plain readers (no Streamlit) -----------------------------------------------------------------
 def bar_intervals(lake: Lake) -> list[str]:
     """Intervals that have bars in the lake, finest first."""
-    present = {d.removeprefix("interval=") for d in lake.list_dirs("bars") if d.startswith("interval=")}
+    present = set(tl.bar_intervals(lake))
     return [i for i in INTERVALS if i in present]
 
 
-def partition_dates(lake: Lake, table: str, ticker: str, interval: str) -> list[str]:
-    """The ``date=`` partitions of one ticker in ``table`` (bars, forecasts, scores), oldest first."""
-    prefix = f"{table}/interval={interval}/ticker={ticker}"
-    return [d.removeprefix("date=") for d in lake.list_dirs(prefix) if d.startswith("date=")]
+def periods(lake: Lake, table: str, ticker: str, interval: str) -> list[str]:
+    """The ``period`` partitions of ``table`` (bars, forecasts, scores) that may hold rows of
+    ``ticker``, oldest first (from the Delta log; no data file is read)."""
+    if table == "bars":
+        return tl.bar_periods(lake, interval, ticker)
+    if table == "forecasts":
+        return tl.forecast_periods(lake, interval, ticker)
+    if table == "scores":
+        return tl.score_periods(lake, interval, ticker)
+    raise ValueError(f"unknown table {table!r}: use bars, forecasts or scores")
 
 
-def _day_start(day: str) -> datetime:
-    return datetime.combine(date.fromisoformat(day), datetime.min.time(), tzinfo=UTC)
+def read_bar_periods(lake: Lake, ticker: str, interval: str, first: str, last: str) -> pd.DataFrame:
+    """Bars of the periods ``first`` to ``last`` (inclusive), as a DataFrame."""
+    start, end = tl.period_bounds(interval, first)[0], tl.period_bounds(interval, last)[1]
+    return bars_frame(lake.read_bars(ticker, interval, start=start, end=end, columns=BAR_COLUMNS))
 
 
-def read_bar_days(lake: Lake, ticker: str, interval: str, first_day: str, last_day: str) -> pd.DataFrame:
-    """Bars of the date partitions ``first_day`` to ``last_day`` (inclusive), as a DataFrame."""
-    end = _day_start(last_day) + timedelta(days=1)
-    table = lake.read_bars(ticker, interval, start=_day_start(first_day), end=end, columns=BAR_COLUMNS)
-    return bars_frame(table)
-
-
-def read_table_days(
-    lake: Lake, table: str, ticker: str, interval: str, first_day: str, last_day: str
-) -> pa.Table | None:
-    """Rows of the date partitions ``first_day``..``last_day`` of a forecasts or scores table (or None)."""
-    expr = (ds.field("date") >= first_day) & (ds.field("date") <= last_day)
-    return lake.read_table(f"{table}/interval={interval}/ticker={ticker}", ("date",), filter=expr)
+def read_row_periods(lake: Lake, table: str, ticker: str, interval: str, first: str, last: str) -> pa.Table:
+    """Rows of a forecasts or scores table of ``ticker`` in the periods ``first``..``last`` (inclusive)."""
+    start, end = tl.period_bounds(interval, first)[0], tl.period_bounds(interval, last)[1]
+    read = tl.read_forecasts if table == "forecasts" else tl.read_scores
+    return read(lake, ticker, interval, start, end)
 
 
 @dataclass
@@ -114,7 +122,7 @@ class Window:
     bars: pd.DataFrame
     start: pd.Timestamp | None = None
     last: pd.Timestamp | None = None
-    days: list[str] = field(default_factory=list)
+    periods: list[str] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -122,35 +130,40 @@ class Window:
         return self.bars.empty
 
 
-DayReader = Callable[[str, str], pd.DataFrame]  # (first_day, last_day) -> bars
+PeriodReader = Callable[[str, str], pd.DataFrame]  # (first period, last period) -> bars
 
 
 def assemble_window(
-    dates: list[str], span: timedelta | None, interval: str, newest: DayReader, older: DayReader
+    periods: list[str], span: timedelta | None, interval: str, newest: PeriodReader, older: PeriodReader
 ) -> Window:
-    """Bars of the range ``span`` ending at the newest bar, from the newest day and the older ones.
+    """Bars of the range ``span`` ending at the newest bar, from the newest period and the older ones.
 
-    ``newest(day, day)`` reads the newest partition, ``older(first, last)`` the rest; the
-    caller decides how each is cached.
+    ``newest(p, p)`` reads the newest period, ``older(first, last)`` the rest; the caller
+    decides how each is cached. A period whose files only *may* hold the ticker (their
+    ticker statistics span it) and hold none is skipped.
     """
-    if not dates:
-        return Window(bars_frame_empty())
-    tail = newest(dates[-1], dates[-1])
+    periods = list(periods)
+    tail = bars_frame_empty()
+    while periods:
+        tail = newest(periods[-1], periods[-1])
+        if not tail.empty:
+            break
+        periods.pop()
     if tail.empty:
-        return Window(tail, days=dates)
+        return Window(bars_frame_empty())
     last = tail["start"].iloc[-1]
     if span is None:
         start = None
-        first_day = dates[0]
+        first = periods[0]
     else:
         start = last - pd.Timedelta(span) + pd.Timedelta(INTERVALS[interval])
-        first_day = start.date().isoformat()
-    older_days = [d for d in dates[:-1] if d >= first_day]
-    parts = [older(older_days[0], older_days[-1]), tail] if older_days else [tail]
+        first = tl.period_of(interval, start.to_pydatetime())
+    older_periods = [p for p in periods[:-1] if p >= first]
+    parts = [older(older_periods[0], older_periods[-1]), tail] if older_periods else [tail]
     bars = pd.concat([p for p in parts if not p.empty], ignore_index=True) if len(parts) > 1 else tail
     if start is not None:
         bars = bars[bars["start"] >= start].reset_index(drop=True)
-    return Window(bars, start, last, [*older_days, dates[-1]])
+    return Window(bars, start, last, [*older_periods, periods[-1]])
 
 
 def bars_frame_empty() -> pd.DataFrame:
@@ -160,21 +173,20 @@ def bars_frame_empty() -> pd.DataFrame:
 
 def read_window(lake: Lake, ticker: str, interval: str, span: timedelta | None) -> Window:
     """Uncached :func:`assemble_window` straight from the lake (benchmarks, tests)."""
-    dates = partition_dates(lake, "bars", ticker, interval)
 
     def reader(first: str, last: str) -> pd.DataFrame:
-        return read_bar_days(lake, ticker, interval, first, last)
+        return read_bar_periods(lake, ticker, interval, first, last)
 
-    return assemble_window(dates, span, interval, reader, reader)
+    return assemble_window(periods(lake, "bars", ticker, interval), span, interval, reader, reader)
 
 
-def days_since(dates: list[str], since: pd.Timestamp | None) -> list[str]:
-    """The date partitions that can hold rows at or after ``since`` (forecasts are partitioned by
-    their last bar's date, scores by their target bar's date: both at or before the row's time)."""
+def periods_since(found: list[str], interval: str, since: pd.Timestamp | None) -> list[str]:
+    """The periods that can hold rows at or after ``since`` (forecasts are partitioned by their
+    last bar's period, scores by their target bar's: both at or before the row's time)."""
     if since is None:
-        return dates
-    first = since.date().isoformat()
-    return [d for d in dates if d >= first]
+        return found
+    first = tl.period_of(interval, since.to_pydatetime())
+    return [p for p in found if p >= first]
 
 
 @dataclass
@@ -233,15 +245,10 @@ def read_report(lake: Lake, name: str) -> Report:
 
 def latest_aggregates(lake: Lake, interval: str) -> pd.DataFrame:
     """The newest snapshot of the forecaster's rolling score aggregates (empty when there is none)."""
-    prefix = f"score_aggregates/interval={interval}"
-    days = [d.removeprefix("date=") for d in lake.list_dirs(prefix) if d.startswith("date=")]
-    if not days:
+    table = tl.read_latest_aggregates(lake, interval)
+    if table.num_rows == 0:
         return pd.DataFrame()
-    table = lake.read_table(prefix, ("date",), filter=ds.field("date") == days[-1])
-    if table is None or table.num_rows == 0:
-        return pd.DataFrame()
-    df = table.to_pandas()
-    return df[df["computed_at"] == df["computed_at"].max()].reset_index(drop=True)
+    return table.drop_columns(["interval", "period"]).to_pandas()
 
 
 # -- Streamlit caches -----------------------------------------------------------------------------
@@ -284,27 +291,26 @@ def cached_tickers(url: str, interval: str) -> list[str]:
 
 
 @st.cache_data(ttl=LIVE_TTL_S, show_spinner=False)
-def cached_dates(url: str, table: str, ticker: str, interval: str) -> list[str]:
-    """:func:`partition_dates`, cached briefly (a new day appears during the session)."""
-    return partition_dates(get_lake(), table, ticker, interval)
+def cached_periods(url: str, table: str, ticker: str, interval: str) -> list[str]:
+    """:func:`periods`, cached briefly (a new period appears during the session)."""
+    return periods(get_lake(), table, ticker, interval)
 
 
 @st.cache_data(ttl=LIVE_TTL_S, show_spinner=False, max_entries=64)
 def _newest_bars(url: str, ticker: str, interval: str, first: str, last: str) -> pd.DataFrame:
-    return read_bar_days(get_lake(), ticker, interval, first, last)
+    return read_bar_periods(get_lake(), ticker, interval, first, last)
 
 
 @st.cache_data(ttl=HISTORY_TTL_S, show_spinner=False, max_entries=32)
 def _older_bars(url: str, ticker: str, interval: str, first: str, last: str) -> pd.DataFrame:
-    return read_bar_days(get_lake(), ticker, interval, first, last)
+    return read_bar_periods(get_lake(), ticker, interval, first, last)
 
 
 def cached_window(ticker: str, interval: str, span: timedelta | None) -> Window:
-    """Bars of ``ticker`` over ``span`` ending at its newest bar (newest day re-read every couple of seconds)."""
+    """Bars of ``ticker`` over ``span`` ending at its newest bar (newest period re-read every couple of seconds)."""
     url = get_lake().url
-    dates = cached_dates(url, "bars", ticker, interval)
     return assemble_window(
-        dates,
+        cached_periods(url, "bars", ticker, interval),
         span,
         interval,
         lambda a, b: _newest_bars(url, ticker, interval, a, b),
@@ -313,44 +319,49 @@ def cached_window(ticker: str, interval: str, span: timedelta | None) -> Window:
 
 
 @st.cache_data(ttl=LIVE_TTL_S, show_spinner=False, max_entries=64)
-def _newest_rows(url: str, table: str, ticker: str, interval: str, day: str) -> pd.DataFrame:
-    data = read_table_days(get_lake(), table, ticker, interval, day, day)
-    return _frame(table, data)
+def _newest_rows(url: str, table: str, ticker: str, interval: str, period: str) -> pd.DataFrame:
+    return _frame(table, read_row_periods(get_lake(), table, ticker, interval, period, period))
 
 
 @st.cache_data(ttl=HISTORY_TTL_S, show_spinner=False, max_entries=32)
 def _older_rows(url: str, table: str, ticker: str, interval: str, first: str, last: str) -> pd.DataFrame:
-    data = read_table_days(get_lake(), table, ticker, interval, first, last)
-    return _frame(table, data)
+    return _frame(table, read_row_periods(get_lake(), table, ticker, interval, first, last))
 
 
 def _frame(table: str, data: pa.Table | None) -> pd.DataFrame:
-    from tickcast.lake import FORECAST_FILE_SCHEMA, SCORE_FILE_SCHEMA
-
     if data is None:
-        data = (FORECAST_FILE_SCHEMA if table == "forecasts" else SCORE_FILE_SCHEMA).empty_table()
-    if "date" in data.column_names:
-        data = data.drop_columns(["date"])
+        data = lake_tables.empty(FORECASTS if table == "forecasts" else SCORES)
+    data = data.drop_columns([c for c in ("period",) if c in data.column_names])
     return forecasts_frame(data) if table == "forecasts" else scores_frame(data)
 
 
 def cached_rows(table: str, ticker: str, interval: str, since: pd.Timestamp | None) -> pd.DataFrame:
-    """Forecast or score rows of ``ticker`` from the partitions on or after ``since``'s date."""
+    """Forecast or score rows of ``ticker`` from the periods that can hold rows at or after ``since``."""
     url = get_lake().url
-    days = days_since(cached_dates(url, table, ticker, interval), since)
-    if not days:
+    found = periods_since(cached_periods(url, table, ticker, interval), interval, since)
+    if not found:
         return _frame(table, None)
-    parts = [_newest_rows(url, table, ticker, interval, days[-1])]
-    if len(days) > 1:
-        parts.insert(0, _older_rows(url, table, ticker, interval, days[0], days[-2]))
+    parts = [_newest_rows(url, table, ticker, interval, found[-1])]
+    if len(found) > 1:
+        parts.insert(0, _older_rows(url, table, ticker, interval, found[0], found[-2]))
     parts = [p for p in parts if not p.empty]
     if not parts:
         return _frame(table, None)
     out = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
-    time_col = "last_bar_start" if table == "forecasts" else "target_start"
     if since is not None:
-        out = out[out[time_col] >= since]
+        out = out[out[ROW_TABLES[table]] >= since]
     return out.reset_index(drop=True)
+
+
+def cached_newest(table: str, ticker: str, interval: str) -> pd.Timestamp | None:
+    """The time of ``ticker``'s newest forecast (last bar) or score (target bar); None when it has none."""
+    url = get_lake().url
+    found = cached_periods(url, table, ticker, interval)
+    for period in reversed(found):
+        rows = _newest_rows(url, table, ticker, interval, period)
+        if not rows.empty:
+            return pd.Timestamp(rows[ROW_TABLES[table]].max())
+    return None
 
 
 @st.cache_data(ttl=REPORT_TTL_S, show_spinner=False)

@@ -21,12 +21,17 @@ from producer.metrics import get_metrics
 from producer.polygon_rest import PolygonRest, agg_to_bar, to_ms
 from producer.sink import BarPublisher
 from tickcast.errors import InvalidBar, InvalidRecord, SourceError
-from tickcast.lake import Lake, day_range
+from tickcast.lake import Lake
 from tickcast.settings import Settings
 
 log = logging.getLogger(__name__)
 
 SOURCE = "polygon-rest"
+
+
+def day_range(first: date, last: date) -> list[date]:
+    """Every calendar day from ``first`` to ``last`` inclusive."""
+    return [first + timedelta(days=i) for i in range((last - first).days + 1)]
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
 """Resumable backfill progress, kept in the lake, reconciled with the topic on restart.
 
 A backfill is identified by its plan (tickers, interval, range, topic, open/close) and keeps
-one JSON document at ``_state/producer/backfill-<hash>.json`` in the lake (``_``-prefixed
-paths are ignored by Parquet readers). The lake, not a local file, because it is what
-survives a pod being rescheduled on another node.
+one JSON document, a blob at ``_state/producer/backfill-<hash>.json`` in the lake (next to
+the tables, in none of them). The lake, not a local file, because it is what survives a pod
+being rescheduled on another node.
 
 Exactly once without transactions: after each page the producer flushes (every record
 acknowledged), then writes the checkpoint with each ticker's last bar time and the bars

@@ -2,13 +2,12 @@
 pre-market and after-hours prices, for analysing moves outside regular hours.
 
 They go to the Kafka topic ``kafka.topic_open_close`` (key = ticker, JSON value with a
-``schema_version``) and, written by the producer itself, to the lake table::
+``schema_version``) and, written by the producer itself, to the lake's ``open_close`` Delta
+table (:data:`tickcast.lake.OPEN_CLOSE`: one row per ticker and date, partitioned by year).
 
-    open_close/ticker=AAPL/date=2024-01-02/open_close.parquet
-
-The producer writes the lake table directly because the summaries are few (one per ticker
-and day) and the consumer sinks only ``bars``. The file name is fixed, so a re-run
-overwrites a day instead of duplicating it.
+The producer writes the table directly because the summaries are few (one per ticker and
+day) and the consumer sinks only ``bars``. Writes are a MERGE on (ticker, date), so a
+re-run replaces a day instead of duplicating it.
 """
 
 from __future__ import annotations
@@ -16,31 +15,14 @@ from __future__ import annotations
 import json
 import math
 from datetime import date
-from typing import Any, Final
+from typing import Any
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 
 from tickcast.contracts import SCHEMA_VERSION, TICKER_RE, now_utc, to_iso
 from tickcast.errors import InvalidBar, InvalidRecord
-from tickcast.lake import Lake
-
-TABLE: Final = "open_close"
-FILE_NAME: Final = "open_close.parquet"
-
-#: Columns of the open_close files (ticker and date are partition folders).
-OPEN_CLOSE_FILE_SCHEMA: Final = pa.schema(
-    [
-        ("open", pa.float64()),
-        ("high", pa.float64()),
-        ("low", pa.float64()),
-        ("close", pa.float64()),
-        ("volume", pa.float64()),
-        ("pre_market", pa.float64()),
-        ("after_hours", pa.float64()),
-        ("source", pa.string()),
-        ("fetched_at", pa.timestamp("us", tz="UTC")),
-    ]
-)
+from tickcast.lake import OPEN_CLOSE, AsOf, Lake, tables
 
 
 def _number(body: dict[str, Any], name: str, where: str, optional: bool = False) -> float | None:
@@ -103,27 +85,22 @@ def to_record(row: dict[str, Any]) -> bytes:
 
 
 def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
-    """Rows as an Arrow table: the file columns plus ``ticker`` and ``date``."""
-    table = pa.Table.from_pylist(
-        [{k: r.get(k) for k in OPEN_CLOSE_FILE_SCHEMA.names} for r in rows], schema=OPEN_CLOSE_FILE_SCHEMA
-    )
-    return table.append_column("ticker", pa.array([r["ticker"] for r in rows], pa.string())).append_column(
-        "date", pa.array([r["date"] for r in rows], pa.string())
-    )
+    """Rows (from :func:`parse_open_close`) as rows of the ``open_close`` table (``period`` = the year)."""
+    names = OPEN_CLOSE.schema.names
+    data = [{**{k: r.get(k) for k in names}, "period": r["date"][:4]} for r in rows]
+    return pa.Table.from_pylist(data, schema=OPEN_CLOSE.schema)
 
 
-def write_open_close(lake: Lake, rows: list[dict[str, Any]]) -> list[str]:
-    """Write rows to ``open_close/ticker=/date=/open_close.parquet`` (one file per ticker-day)."""
+def write_open_close(lake: Lake, rows: list[dict[str, Any]]) -> int | None:
+    """Upsert rows into the ``open_close`` table in one commit; returns the table version (None: no rows)."""
     if not rows:
-        return []
-    return lake.write_partitioned(TABLE, rows_to_table(rows), ["ticker", "date"], FILE_NAME)
+        return None
+    return tables.upsert(lake, OPEN_CLOSE, rows_to_table(rows))
 
 
-def read_open_close(lake: Lake, ticker: str | None = None) -> pa.Table | None:
-    """Read the open_close table (optionally one ticker), with ``ticker`` and ``date`` columns."""
-    prefix = f"{TABLE}/ticker={ticker}" if ticker else TABLE
-    names = ("date",) if ticker else ("ticker", "date")
-    table = lake.read_table(prefix, names)
-    if table is not None and ticker:
-        table = table.append_column("ticker", pa.array([ticker] * table.num_rows, pa.string()))
-    return table
+def read_open_close(lake: Lake, ticker: str | None = None, as_of: AsOf = None) -> pa.Table:
+    """The ``open_close`` rows (of one ticker, or all), each (ticker, date) once, sorted by ticker and date."""
+    where = None if ticker is None else ds.field("ticker") == ticker
+    files = None if ticker is None else [("ticker", "=", ticker)]
+    table = tables.scan(lake, OPEN_CLOSE, where=where, files=files, as_of=as_of)
+    return table.drop_columns(["period"]).sort_by([("ticker", "ascending"), ("date", "ascending")])

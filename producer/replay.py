@@ -3,8 +3,9 @@
 Bars are emitted in start order (ties by ticker), so every ticker's bars stay in order.
 With ``speed`` 1 a bar is sent when as much wall time has passed since the first bar as
 market time has (measured at bar ends); 60 plays an hour a minute; None (``max``) sends
-as fast as Kafka takes them. The lake is read one day at a time, so a long replay does
-not load the whole range.
+as fast as Kafka takes them. The lake's bars table is read one ``period`` partition at a
+time (a day of minute bars, a year of daily bars), so a long replay does not load the
+whole range.
 
 Files: Parquet or CSV with a ``ticker`` column (or ``symbol``/``sym``), a start time
 (``start``, ``timestamp``, ``time``, ``datetime``, or Polygon's ``t`` in epoch ms), the
@@ -18,7 +19,7 @@ import logging
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,8 @@ from producer.metrics import get_metrics
 from producer.sink import BarPublisher
 from tickcast.contracts import INTERVALS, Bar
 from tickcast.errors import SourceError
-from tickcast.lake import Lake
+from tickcast.lake import BARS, Lake, bar_periods, period_bounds, scan_bars
+from tickcast.lake.tables import table_version
 from tickcast.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -175,43 +177,31 @@ def _filter(
     return table if mask is None else table.filter(mask)
 
 
-def lake_days(lake: Lake, interval: str, tickers: Iterable[str]) -> list[date]:
-    """Every date with bars of these tickers at ``interval`` in the lake."""
-    days: set[date] = set()
-    for ticker in tickers:
-        for name in lake.list_dirs(f"bars/interval={interval}/ticker={ticker}"):
-            if name.startswith("date="):
-                days.add(date.fromisoformat(name.removeprefix("date=")))
-    return sorted(days)
-
-
 def lake_batches(
     lake: Lake, interval: str, tickers: Iterable[str] = (), start: datetime | None = None, end: datetime | None = None
 ) -> Iterator[pa.Table]:
-    """The lake's bars one day at a time (each sorted by start, ticker)."""
-    import pyarrow.dataset as ds
+    """The lake's bars one ``period`` partition at a time (a day of minute or second bars, a
+    year of hourly or daily bars), each sorted by start, ticker.
 
-    names = list(tickers) or lake.bar_tickers(interval)
-    if not names:
+    Every read is of the table version current when the replay starts, so bars the sink
+    commits meanwhile (the replay's own, looping back through Kafka) do not shift it.
+    """
+    names = list(tickers)
+    version = table_version(lake, BARS)
+    found = [] if version is None else bar_periods(lake, interval, as_of=version)
+    if not found:
         raise SourceError(
             f"the lake at {lake.url} has no {interval} bars to replay",
             "load bars first (a polygon-rest backfill, or the bundled sample), or replay a file with --file",
         )
-    days = lake_days(lake, interval, names)
-    if start is not None:
-        days = [d for d in days if d >= start.astimezone(UTC).date()]
-    if end is not None:
-        last = (end.astimezone(UTC) - timedelta(microseconds=1)).date()
-        days = [d for d in days if d <= last]
-    for day in days:
-        expr = (ds.field("date") == day.isoformat()) & ds.field("ticker").isin(names)
-        table = lake.read_table(f"bars/interval={interval}", ("ticker", "date"), filter=expr)
-        if table is None or table.num_rows == 0:
-            continue
-        table = table.drop_columns(["date"]).append_column(
-            "interval", pa.array([interval] * table.num_rows, pa.string())
-        )
-        yield _filter(normalize(table, interval, where=f"lake {day}"), None, (), start, end)
+    for period in found:
+        first, last = period_bounds(interval, period)
+        first, last = max(first, start or first), min(last, end or last)
+        if first >= last:
+            continue  # the period is outside [start, end)
+        table = scan_bars(lake, interval, names, first, last, as_of=version)
+        if table.num_rows:
+            yield normalize(table, interval, where=f"lake {interval} bars of {period}")
 
 
 @dataclass

@@ -14,9 +14,8 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 
 from tickcast.contracts import INTERVALS, Bar, Forecast, Score
-from tickcast.lake import Lake, forecasts_to_table, scores_to_table
+from tickcast.lake import Lake, write_forecasts, write_scores
 
-PARTITIONS = ("interval", "ticker", "date")
 MODEL_ID = "tickcast-bundled"
 MODEL_VERSION = "1"
 
@@ -122,21 +121,19 @@ def write_sample(
     scores: bool = True,
     spike: bool = True,
 ) -> SampleLake:
-    """Write bars (and forecasts and scores) of ``tickers`` into ``lake``."""
+    """Write bars (and forecasts and scores) of ``tickers`` into ``lake``: one commit per table."""
     starts = session_starts(interval, days, bars_per_day, first_day)
     out = SampleLake({}, {}, {})
     for k, ticker in enumerate(tickers):
         bars = make_bars(ticker, interval, starts, seed=k, price=100.0 * (k + 1), spike=spike)
-        lake.write_bars(bars, "sample.parquet")
         out.bars[ticker] = bars
         if forecasts:
-            fc = make_forecasts(bars, every, horizon)
-            lake.write_partitioned("forecasts", forecasts_to_table(fc), PARTITIONS, "sample.parquet")
-            out.forecasts[ticker] = fc
+            out.forecasts[ticker] = make_forecasts(bars, every, horizon)
             if scores:
-                sc = score_forecasts(fc, bars)
-                lake.write_partitioned("scores", scores_to_table(sc), PARTITIONS, "sample.parquet")
-                out.scores[ticker] = sc
+                out.scores[ticker] = score_forecasts(out.forecasts[ticker], bars)
+    lake.write_bars([b for bars in out.bars.values() for b in bars])
+    write_forecasts(lake, [f for fc in out.forecasts.values() for f in fc])
+    write_scores(lake, [s for sc in out.scores.values() for s in sc])
     return out
 
 

@@ -29,6 +29,24 @@ def _when(text: str) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+def _as_of(text: str) -> int | datetime:
+    """``--as-of``: a bars table version (an integer) or an ISO timestamp (naive is taken as UTC)."""
+    if text.strip().isdigit():
+        return int(text)
+    try:
+        return _when(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a table version (e.g. 12) nor an ISO timestamp (e.g. 2024-03-04T15:00:00Z)"
+        ) from None
+
+
+AS_OF_HELP = (
+    "read the bars table as of this version (an integer, as recorded in a report or model metadata) "
+    "or time (ISO timestamp, UTC when naive), to reproduce an earlier run exactly"
+)
+
+
 def _tickers(text: str) -> list[str]:
     return [t.strip().upper() for t in text.split(",") if t.strip()]
 
@@ -58,6 +76,7 @@ def register(subparsers: Any) -> None:
     train.add_argument("--tickers", type=_tickers, help="comma-separated tickers (default: all in the lake)")
     train.add_argument("--start", type=_when, help="first bar start (ISO date/time, UTC)")
     train.add_argument("--end", type=_when, help="bars before this (ISO date/time, UTC)")
+    train.add_argument("--as-of", type=_as_of, metavar="VERSION|TIMESTAMP", help=AS_OF_HELP)
     train.add_argument("--steps", type=int, default=200, help="optimizer steps")
     train.add_argument("--batch-size", type=int, default=32, help="series per step")
     train.add_argument("--lr", type=float, help="learning rate (default 1e-5 full, 1e-4 LoRA, 1e-3 from scratch)")
@@ -93,6 +112,7 @@ def register(subparsers: Any) -> None:
     bt.add_argument("--tickers", type=_tickers, help="comma-separated tickers (default: all)")
     bt.add_argument("--start", type=_when, help="first bar start (ISO date/time, UTC)")
     bt.add_argument("--end", type=_when, help="bars before this (ISO date/time, UTC)")
+    bt.add_argument("--as-of", type=_as_of, metavar="VERSION|TIMESTAMP", help=AS_OF_HELP + " (--source lake only)")
     bt.add_argument("--horizon", type=int, default=8, help="steps forecast at each origin")
     bt.add_argument("--context-length", type=int, default=512, help="most past values a model sees")
     bt.add_argument("--origins", type=int, default=20, help="forecast origins per series")
@@ -171,6 +191,7 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
         tickers=args.tickers,
         start=args.start,
         end=args.end,
+        as_of=args.as_of,
         config=config,
         augment=args.augment,
         holdout=args.holdout,
@@ -204,13 +225,24 @@ def _backtest(settings: Settings, args: argparse.Namespace) -> int:
     from serving.models import resolve_model
     from tickcast.lake import Lake
     from training.evaluation import BacktestConfig, backtest, summary_markdown, write_report
-    from training.targets import series_from_frame, series_from_lake
+    from training.targets import bars_version, series_from_frame, series_from_lake
 
     _threads(args.threads)
     lake = Lake(settings.lake)
+    lake_meta: dict[str, Any] = {}
     if args.source == "lake":
-        series = series_from_lake(lake, args.target, args.interval, args.tickers, args.start, args.end)
-        data_desc = lake.uri(f"bars/interval={args.interval}")
+        version = bars_version(lake, args.as_of)
+        series = (
+            series_from_lake(lake, args.target, args.interval, args.tickers, args.start, args.end, as_of=version)
+            if version is not None
+            else {}
+        )
+        data_desc = f"{args.interval} bars of {lake.url} (bars table version {version})"
+        lake_meta = {"table_versions": {"bars": version}, "as_of": args.as_of}
+    elif args.as_of is not None:
+        raise ConfigError(
+            "--as-of", f"--source {args.source} is not the lake: only the lake's tables have versions", "drop --as-of"
+        )
     else:
         if args.source == "sample":
             from training.samples import load_real_daily
@@ -254,9 +286,12 @@ def _backtest(settings: Settings, args: argparse.Namespace) -> int:
     print(summary_markdown(result.summary))
     if not args.no_report:
         name = args.name or f"backtest-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}"
-        meta = {"data": data_desc, "target": args.target, "interval": args.interval}
+        meta = {"data": data_desc, "target": args.target, "interval": args.interval, **lake_meta}
         written = write_report(lake, name, result, series, meta)
         print(f"report: {lake.uri(f'reports/{name}')} ({len(written)} files)")
+    if lake_meta:
+        version = lake_meta["table_versions"]["bars"]
+        print(f"read bars table version {version}; rerun with --as-of {version} to reproduce")
     return 0
 
 

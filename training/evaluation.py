@@ -525,10 +525,12 @@ def write_report(
     """Save the backtest under ``reports/<name>/`` in the lake; returns the written paths.
 
     Files: ``summary.csv``, ``summary.json``, ``summary.md``, ``per_step.csv``,
-    ``windows.parquet`` (every scored row), ``report.json`` (config, models, data, timing)
-    and the PNG plots of :func:`plot_report`.
+    ``windows.parquet`` (every scored row), ``report.json`` (config, models, data, timing,
+    and ``meta``: for a lake backtest the bars table version read, ``table_versions``, which
+    ``--as-of`` takes to reproduce it) and the PNG plots of :func:`plot_report`.
     """
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     prefix = f"reports/{name}"
     written = [
@@ -537,9 +539,9 @@ def write_report(
         lake.write_bytes(f"{prefix}/summary.md", summary_markdown(result.summary).encode()),
         lake.write_bytes(f"{prefix}/per_step.csv", result.per_step.to_csv(index=False).encode()),
     ]
-    written.append(
-        lake.write_parquet(f"{prefix}/windows.parquet", pa.Table.from_pandas(result.rows, preserve_index=False))
-    )
+    windows = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(result.rows, preserve_index=False), windows, compression="zstd")
+    written.append(lake.write_bytes(f"{prefix}/windows.parquet", windows.getvalue()))
     for file_name, data in plot_report(result, series).items():
         written.append(lake.write_bytes(f"{prefix}/{file_name}", data))
     report = {

@@ -5,7 +5,9 @@ registry ``NAME/VERSION``, ``bundled``). The target is any bar field or derived 
 (:mod:`training.targets`). Synthetic series can be mixed in (``augment``) so a small data
 set does not pull the model away from what it knew. The last ``holdout`` values of every
 series are kept out of training and used for a backtest whose scores go into the
-registry metadata next to the naive baseline's.
+registry metadata next to the naive baseline's. The bars table version read is recorded
+in the metadata (``data.table_versions.bars``); ``as_of`` (``tickcast train --as-of``)
+reads that version again.
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ def finetune(
     tickers: list[str] | None = None,
     start: datetime | None = None,
     end: datetime | None = None,
+    as_of: int | datetime | None = None,
     config: TrainConfig | None = None,
     augment: float = 0.0,
     holdout: int = 0,
@@ -107,6 +110,8 @@ def finetune(
         name: registry name of the result.
         target: bar field or derived target.
         interval, tickers, start, end: which bars (all tickers of the interval by default).
+        as_of: read the bars table as of this version or time (latest when None); the
+            version read is recorded in the registry metadata (``data.table_versions``).
         config: training hyper-parameters.
         augment: fraction of synthetic series in the training mix (0 disables).
         holdout: last values per series kept out of training and backtested (0 disables).
@@ -121,9 +126,9 @@ def finetune(
     from chronos import Chronos2Pipeline
 
     from serving.models import load_pipeline, resolve_model
-    from tickcast.lake import Lake
+    from tickcast.lake import BARS, Lake
     from training.evaluation import BacktestConfig, backtest
-    from training.targets import normalize_target, series_from_lake
+    from training.targets import bars_version, normalize_target, series_from_lake
 
     config = config or TrainConfig(learning_rate=1e-5)
     target = normalize_target(target)
@@ -135,13 +140,19 @@ def finetune(
             "pass a Chronos-2 checkpoint (e.g. amazon/chronos-2, autogluon/chronos-2-small or bundled)",
         )
     lake = Lake(settings.lake)
-    series = series_from_lake(lake, target, interval, tickers, start, end)
+    read_version = bars_version(lake, as_of)  # every read below sees this one version of the bars table
+    series = (
+        series_from_lake(lake, target, interval, tickers, start, end, as_of=read_version)
+        if read_version is not None
+        else {}
+    )
     min_len = config.min_past + config.prediction_length + holdout
     usable = {k: v for k, v in series.items() if len(v) >= min_len}
     if not usable:
         raise ModelError(
             f"no {interval} bars with at least {min_len} values of {target} in the lake at {lake.url}"
-            + (f" for {', '.join(tickers)}" if tickers else ""),
+            + (f" for {', '.join(tickers)}" if tickers else "")
+            + (f" as of {as_of}" if as_of is not None else ""),
             "load bars first (tickcast backfill or the replay source), widen --start/--end, "
             "or lower --holdout/--min-past",
         )
@@ -166,6 +177,7 @@ def finetune(
         "tickers": sorted(usable),
         "start": start,
         "end": end,
+        "as_of": as_of,  # not the version read: a resumed run without --as-of reads the newest bars
         "config": asdict(config),
         "augment": augment,
         "holdout": holdout,
@@ -194,7 +206,9 @@ def finetune(
         bt = backtest(usable, {"finetuned": result.pipeline, "base": pipeline}, bt_config, use_ray=False)
         metrics["holdout"] = bt.summary.to_dict(orient="records")
     data = {
-        "source": lake.uri(f"bars/interval={interval}"),
+        "source": lake.table_uri(BARS.name),
+        "table_versions": {"bars": read_version},
+        "as_of": as_of.isoformat() if isinstance(as_of, datetime) else as_of,
         "interval": interval,
         "target": target,
         "tickers": sorted(usable),

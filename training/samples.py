@@ -139,14 +139,10 @@ def sample_bars(tickers: list[str] | None = None) -> list[Bar]:
 
 
 def to_arrow(df: pd.DataFrame) -> pa.Table:
-    """Bars DataFrame -> Arrow table in the lake's bar schema plus ``interval`` and ``ticker``."""
-    from tickcast.lake import BAR_FILE_SCHEMA
+    """Bars DataFrame -> Arrow table of bars (:data:`tickcast.lake.BAR_SCHEMA`, ticker and interval included)."""
+    from tickcast.lake import BAR_SCHEMA
 
-    columns = {name: df[name] for name in BAR_FILE_SCHEMA.names}
-    table = pa.Table.from_pandas(pd.DataFrame(columns), schema=BAR_FILE_SCHEMA, preserve_index=False)
-    return table.append_column("interval", pa.array(df["interval"].tolist(), pa.string())).append_column(
-        "ticker", pa.array(df["ticker"].tolist(), pa.string())
-    )
+    return pa.Table.from_pandas(df[list(BAR_SCHEMA.names)], schema=BAR_SCHEMA, preserve_index=False)
 
 
 def write_sample_to_lake(
@@ -154,19 +150,17 @@ def write_sample_to_lake(
     tickers: list[str] | None = None,
     start: datetime | None = None,
     end: datetime | None = None,
-    file_name: str = "sample-arch.parquet",
 ) -> int:
-    """Write the sample (or the bars with ``start <= bar.start < end``) into the lake's
-    ``bars/interval=day/ticker=.../date=...`` partitions; returns the bar count.
+    """Write the sample (or the bars with ``start <= bar.start < end``) into the lake's bars
+    table in one commit; returns the bar count.
 
-    The lake keeps one file per ticker and day, so the whole sample is about 10,000 small
-    files; pass a window for a quicker load. The file name is fixed, so writing twice
-    overwrites instead of duplicating.
+    The write is an upsert on the bar key, so writing twice leaves each bar once.
     """
     df = load_real_daily(tickers)
     if start is not None:
         df = df[df["start"] >= pd.Timestamp(start)]
     if end is not None:
         df = df[df["start"] < pd.Timestamp(end)]
-    lake.write_bars(to_arrow(df), file_name)
+    if not df.empty:
+        lake.write_bars(to_arrow(df))
     return len(df)

@@ -22,7 +22,7 @@ import numpy as np
 if TYPE_CHECKING:
     import pandas as pd
 
-    from tickcast.lake import Lake
+    from tickcast.lake import AsOf, Lake
 
 FIELDS: tuple[str, ...] = ("open", "high", "low", "close", "volume", "vwap", "trades")
 DERIVED: tuple[str, ...] = ("log_return", "log_volume", "range")
@@ -63,6 +63,19 @@ def series_from_frame(df: pd.DataFrame, target: str, ticker_column: str = "ticke
     return out
 
 
+def bars_version(lake: Lake, as_of: AsOf = None) -> int | None:
+    """The version of the lake's bars table as of a version or time (the latest when None);
+    None when the lake has no bars table yet.
+
+    Read series with ``as_of=`` this version and record it: a rerun with the same version
+    reads exactly the same bars, whatever was appended, corrected or compacted since.
+    """
+    from tickcast.lake import BARS, tables
+
+    table = tables.open_table(lake, BARS, as_of)
+    return None if table is None else int(table.version())
+
+
 def series_from_lake(
     lake: Lake,
     target: str,
@@ -70,14 +83,20 @@ def series_from_lake(
     tickers: list[str] | None = None,
     start: datetime | None = None,
     end: datetime | None = None,
+    as_of: AsOf = None,
 ) -> dict[str, np.ndarray]:
-    """``ticker -> target series`` for bars in the lake (all tickers of the interval by default)."""
-    names = tickers or lake.bar_tickers(interval)
+    """``ticker -> target series`` for bars in the lake (all tickers of the interval by default),
+    read in one scan of the bars table as of ``as_of`` (a version or time; latest when None)."""
+    from tickcast.lake import scan_bars
+
+    table = scan_bars(lake, interval, tickers or (), start, end, as_of=as_of)
     out: dict[str, np.ndarray] = {}
-    for ticker in names:
-        table = lake.read_bars(ticker, interval, start, end)
-        if table.num_rows == 0:
-            continue
-        values = derive({c: table[c].to_numpy(zero_copy_only=False) for c in table.column_names}, target)
-        out[ticker] = values[np.isfinite(values)]
+    if table.num_rows == 0:
+        return out
+    tickers_col = table["ticker"].to_numpy(zero_copy_only=False)
+    bounds = np.flatnonzero(tickers_col[1:] != tickers_col[:-1]) + 1  # sorted by ticker, then start
+    for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, table.num_rows], strict=True):
+        part = table.slice(int(lo), int(hi - lo))
+        values = derive({c: part[c].to_numpy(zero_copy_only=False) for c in part.column_names}, target)
+        out[str(tickers_col[lo])] = values[np.isfinite(values)]
     return out

@@ -51,15 +51,16 @@ def live_scores(sel: Selection) -> None:
         key="quality_window",
     )
     with common.degrade("Reading scores from the lake"):
-        dates = data.cached_dates(data.get_lake().url, "scores", sel.ticker, sel.interval)
-        if not dates:
+        newest_scored = data.cached_newest("scores", sel.ticker, sel.interval)
+        if newest_scored is None:
             st.info(
                 f"No scores for {sel.ticker} ({sel.interval}) yet. The forecaster (`tickcast forecaster`) scores each "
                 "forecast step when its actual bar arrives and writes the scores to the lake.",
                 icon="ℹ️",
             )
             return
-        newest = data.cached_rows("scores", sel.ticker, sel.interval, None if span is None else _since(dates, span))
+        since = None if span is None else _since(newest_scored, span)
+        newest = data.cached_rows("scores", sel.ticker, sel.interval, since)
         if newest.empty:
             st.info(f"No scores for {sel.ticker} in the last {range_label}.", icon="ℹ️")
             return
@@ -75,9 +76,9 @@ def live_scores(sel: Selection) -> None:
         st.plotly_chart(charts.per_step_figure(by_step), key="quality_steps", config={"displaylogo": False})
 
 
-def _since(dates: list[str], span: timedelta) -> pd.Timestamp:
-    # Ranges end at the newest scored day: the scores of a replay are not "now".
-    newest_day = pd.Timestamp(dates[-1], tz="UTC") + pd.Timedelta(days=1)
+def _since(newest: pd.Timestamp, span: timedelta) -> pd.Timestamp:
+    # Ranges end at the end of the newest scored day: the scores of a replay are not "now".
+    newest_day = newest.tz_convert("UTC").normalize() + pd.Timedelta(days=1)
     return newest_day - pd.Timedelta(span)
 
 

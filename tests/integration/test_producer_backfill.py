@@ -226,7 +226,7 @@ def test_checkpoint_and_open_close_live_in_an_s3_lake(
     assert rest["resumed"] and rest["sent"] == 2 * 48 - 30 and rest["open_close"] == 4
     assert_exactly_once_in_order(settings, server, ("AAPL", "MSFT"), span_ms=3_600_000)
     table = read_open_close(lake)
-    assert table is not None and table.num_rows == 4
+    assert table.num_rows == 4 and table["ticker"].to_pylist() == ["AAPL"] * 2 + ["MSFT"] * 2
 
 
 def test_open_close_summaries_go_to_their_topic_and_lake_table(
@@ -251,7 +251,7 @@ def test_open_close_summaries_go_to_their_topic_and_lake_table(
         v["pre_market"] > 0 and v["after_hours"] > 0 and r.key == b"AAPL" for v, r in zip(values, records, strict=True)
     )
     table = read_open_close(Lake(settings.lake), "AAPL")
-    assert table is not None and sorted(table["date"].to_pylist()) == sorted(v["date"] for v in values)
+    assert table["date"].to_pylist() == sorted(v["date"] for v in values)
     assert set(table.column_names) >= {"open", "high", "low", "close", "volume", "pre_market", "after_hours"}
 
 

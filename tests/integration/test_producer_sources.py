@@ -57,7 +57,7 @@ def test_replay_from_the_lake_keeps_per_ticker_order_and_dead_letters_bad_rows(
     lake = Lake(settings.lake)
     bars = [b for day in (0, 1) for t in ("AAPL", "MSFT", "BRK.B") for b in _bars(t, day, 40)]
     broken = Bar("MSFT", "minute", T0 + timedelta(hours=3), T0 + timedelta(hours=3, minutes=1), 10, 9, 11, 10, 5)
-    lake.write_bars([*bars, broken], "sample.parquet")
+    lake.write_bars([*bars, broken])
     summary = produce(settings, ProduceOptions(source="replay", speed=None))
     assert summary["sent"] == 240 and summary["dlq"] == 1
     got = by_ticker(read_topic(settings, topics.bars, expect=240))

@@ -13,11 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tickcast.errors import ModelError
 from tickcast.lake import Lake
 from tickcast.settings import Settings
 from training.finetune import finetune
 from training.registry import get_entry
 from training.samples import write_sample_to_lake
+from training.targets import bars_version
 from training.train import TrainConfig, build_model
 
 pytestmark = pytest.mark.integration
@@ -74,6 +76,7 @@ def _finetune_and_load(settings: Settings, tiny_base: str, work: Path) -> None:
     assert stored.base_model == str(Path(tiny_base).resolve())
     assert stored.data["target"] == "log_return" and stored.data["tickers"] == ["IXIC", "SPX"]
     assert stored.data["synthetic_fraction"] == 0.5
+    assert stored.data["table_versions"] == {"bars": bars_version(lake)} and stored.data["as_of"] is None
     assert stored.training["steps_done"] == 4
     holdout = {row["model"]: row for row in stored.metrics["holdout"]}
     assert set(holdout) == {"finetuned", "base", "naive"}
@@ -105,6 +108,28 @@ def _finetune_and_load(settings: Settings, tiny_base: str, work: Path) -> None:
     # Training the same name from another base registers the next version.
     again, _ = finetune(settings, "spx-tiny/1", "spx-tiny", target="log_return", config=_config(), work_dir=work / "2")
     assert again.ref == "spx-tiny/2" and again.base_model is not None
+
+
+def test_finetune_as_of_an_old_bars_version_records_it(settings: Settings, tiny_base: str, tmp_path: Path) -> None:
+    lake = Lake(settings.lake)
+    write_sample_to_lake(lake, ["SPX"], start=SINCE)
+    version = bars_version(lake)
+    assert version is not None
+    write_sample_to_lake(lake, ["IXIC"], start=SINCE)  # bars that arrive after the version
+    entry, result = finetune(
+        settings, tiny_base, "as-of", target="close", as_of=version, config=_config(), work_dir=tmp_path / "w"
+    )
+    assert result is not None
+    stored = get_entry(lake, "as-of", entry.version)
+    assert stored.data["table_versions"] == {"bars": version} and stored.data["as_of"] == version
+    assert stored.data["tickers"] == ["SPX"] and stored.data["values_per_series"] == {"SPX": 251}
+    # The same run (same as_of) is already registered; the newest bars make another run.
+    same, nothing = finetune(
+        settings, tiny_base, "as-of", target="close", as_of=version, config=_config(), work_dir=tmp_path / "w"
+    )
+    assert same.ref == entry.ref and nothing is None
+    with pytest.raises(ModelError, match="as of 0"):
+        finetune(settings, tiny_base, "as-of", target="close", as_of=0, config=_config(), work_dir=tmp_path / "x")
 
 
 def test_finetune_into_file_lake_and_load_back(settings: Settings, tiny_base: str, tmp_path: Path) -> None:

@@ -129,7 +129,7 @@ def scores_df(every: int = 3) -> pd.DataFrame:
     starts = session_starts("minute", 1, 120, datetime(2024, 3, 4, tzinfo=UTC))
     bars = make_bars("AAA", "minute", starts, seed=4)
     forecasts = make_forecasts(bars, every, 4)
-    table = scores_to_table(score_forecasts(forecasts, bars)).drop_columns(["interval", "ticker", "date"])
+    table = scores_to_table(score_forecasts(forecasts, bars)).drop_columns(["interval", "ticker", "period"])
     return analysis.scores_frame(table)
 
 
@@ -159,7 +159,7 @@ def test_latest_forecast_and_levels() -> None:
     starts = session_starts("minute", 1, 30, datetime(2024, 3, 4, tzinfo=UTC))
     bars = make_bars("AAA", "minute", starts, seed=5)
     forecasts = make_forecasts(bars, 10, 5)
-    table = forecasts_to_table(forecasts).drop_columns(["interval", "ticker", "date"])
+    table = forecasts_to_table(forecasts).drop_columns(["interval", "ticker", "period"])
     df = analysis.forecasts_frame(table)
     latest = analysis.latest_forecast(df)
     assert latest["last_bar_start"].iloc[0] == pd.Timestamp(bars[29].start)
@@ -174,7 +174,7 @@ def test_latest_forecast_and_levels() -> None:
 def test_forecast_without_p10_uses_the_nearest_level() -> None:
     starts = session_starts("minute", 1, 10, datetime(2024, 3, 4, tzinfo=UTC))
     forecast = make_forecasts(make_bars("AAA", "minute", starts, seed=6), 10, 2)[0]
-    table = forecasts_to_table([forecast]).drop_columns(["interval", "ticker", "date"])
+    table = forecasts_to_table([forecast]).drop_columns(["interval", "ticker", "period"])
     df = table.to_pandas()
     df["p10"] = np.nan
     df["p50"] = np.nan

@@ -115,13 +115,13 @@ def test_live_ticker_and_range(env: Lake) -> None:
 
 
 def test_live_model_picker(env: Lake) -> None:
-    from dashboard_lake import PARTITIONS, make_forecasts
+    from dashboard_lake import make_forecasts
 
-    from tickcast.lake import forecasts_to_table
+    from tickcast.lake import write_forecasts
 
     sample = write_sample(env, tickers=("AAA",), scores=False)
     older = make_forecasts(sample.bars["AAA"][:-1], 7, 8, model_version="0")  # a second model, a bit behind
-    env.write_partitioned("forecasts", forecasts_to_table(older), PARTITIONS, "v0.parquet")
+    write_forecasts(env, older)
     at = run_page()
     picker = at.selectbox(key="live_model")
     assert picker.options == [f"{MODEL_ID}/0", f"{MODEL_ID}/1"] and picker.value == f"{MODEL_ID}/1"
@@ -247,6 +247,26 @@ def test_quality_scores_and_backtest(env: Lake) -> None:
     backtest = at.dataframe[1].value
     assert set(backtest["model"]) == {"naive", "seasonal_naive", MODEL_ID}
     assert metrics(at)["Horizon / context"] == "4 / 64"
+
+
+def test_quality_shows_the_newest_rolling_aggregates(env: Lake) -> None:
+    from serving.streaming.scoring import Aggregate
+    from tickcast.lake import write_aggregates
+
+    write_sample(env)
+    at = datetime(2024, 3, 6, 16, tzinfo=UTC)
+    write_aggregates(env, [Aggregate(None, MODEL_ID, "0", 5, 1.0, 1.5, 0.05, 0.5, 5)], at, "minute", 256)
+    newest = [
+        Aggregate(None, MODEL_ID, MODEL_VERSION, 40, 1.0, 0.9, 0.01, 0.8, 40),
+        Aggregate("AAA", MODEL_ID, MODEL_VERSION, 40, 1.0, 0.9, 0.01, 0.8, 40),
+    ]
+    write_aggregates(env, newest, at + timedelta(minutes=1), "minute", 256)
+    page = run_page("quality")
+    assert "Across tickers" in texts(page, "subheader")
+    frames = [d.value for d in page.dataframe]
+    models = next(f for f in frames if "steps" in f and "ticker" not in f and "model_version" in f)
+    assert models["model_version"].tolist() == [MODEL_VERSION] and "period" not in models
+    assert "Computed at 2024-03-06 16:01:00 UTC." in texts(page, "caption")
 
 
 def test_quality_without_scores_or_reports(env: Lake) -> None:

@@ -189,7 +189,7 @@ def test_replay_from_lake_day_by_day(tmp_path: Path) -> None:
         for i in range(3)
         for t in ("AAPL", "MSFT")
     ]
-    lake.write_bars(day1 + day2, "part-0.parquet")
+    lake.write_bars(day1 + day2)
     batches = list(lake_batches(lake, "minute"))
     assert [b.num_rows for b in batches] == [5, 6]
     recorder = Recorder()
@@ -201,3 +201,27 @@ def test_replay_from_lake_day_by_day(tmp_path: Path) -> None:
     assert {b.source for b in Recorder().bars} == set()
     with pytest.raises(SourceError, match="no minute bars"):
         list(lake_batches(Lake(LakeSettings(url=f"file://{tmp_path / 'empty'}")), "minute"))
+    with pytest.raises(SourceError, match="no day bars"):
+        list(lake_batches(lake, "day"))
+    # The replay reads the table version of its start: bars committed meanwhile are not replayed.
+    running = lake_batches(lake, "minute")
+    assert next(running).num_rows == 5
+    t2 = T0 + timedelta(days=2)
+    lake.write_bars(
+        [Bar("AAPL", "minute", t1 + timedelta(hours=1), t1 + timedelta(hours=1, minutes=1), 1, 2, 0.5, 1.5, 1)]
+    )
+    lake.write_bars([Bar("AAPL", "minute", t2, t2 + timedelta(minutes=1), 1, 2, 0.5, 1.5, 1)])
+    assert [b.num_rows for b in running] == [6]
+    assert [b.num_rows for b in lake_batches(lake, "minute")] == [5, 7, 1]
+
+
+def test_replay_from_lake_reads_day_bars_a_year_at_a_time(tmp_path: Path) -> None:
+    lake = Lake(LakeSettings(url=f"file://{tmp_path / 'lake'}"))
+    days = [datetime(2023, 12, 27, tzinfo=UTC) + timedelta(days=i) for i in range(10)]
+    lake.write_bars([Bar("SPY", "day", d, d + timedelta(days=1), 1, 2, 0.5, 1.5, 10) for d in days])
+    assert [b.num_rows for b in lake_batches(lake, "day")] == [5, 5]  # 2023, then 2024
+    since = datetime(2023, 12, 30, tzinfo=UTC)
+    until = datetime(2024, 1, 3, tzinfo=UTC)
+    batches = list(lake_batches(lake, "day", ("SPY",), since, until))
+    assert [[s.day for s in b["start"].to_pylist()] for b in batches] == [[30, 31], [1, 2]]
+    assert list(lake_batches(lake, "day", ("SPY",), datetime(2025, 1, 1, tzinfo=UTC))) == []

@@ -89,10 +89,16 @@ def test_open_close_parse_and_lake_table(tmp_path: Path) -> None:
     assert row["pre_market"] == 9.9 and row["after_hours"] == 10.6 and row["date"] == "2024-01-02"
     assert b'"schema_version":1' in oc.to_record(row)
     lake = Lake(LakeSettings(url=f"file://{tmp_path}"))
-    assert oc.write_open_close(lake, [row]) == ["open_close/ticker=AAPL/date=2024-01-02/open_close.parquet"]
-    oc.write_open_close(lake, [row])  # a re-run overwrites
+    first = oc.write_open_close(lake, [row])
+    assert first is not None and oc.write_open_close(lake, []) is None
+    corrected = {**row, "close": 10.4}
+    again = oc.write_open_close(lake, [corrected, oc.parse_open_close(body, "MSFT", date(2024, 1, 2))])
+    assert again is not None and again > first  # a re-run replaces the day (MERGE on ticker, date)
     table = oc.read_open_close(lake)
-    assert table is not None and table.num_rows == 1 and table["ticker"].to_pylist() == ["AAPL"]
+    assert table.num_rows == 2 and table["ticker"].to_pylist() == ["AAPL", "MSFT"]
+    assert table["close"].to_pylist() == [10.4, 10.5] and "period" not in table.column_names
+    assert oc.read_open_close(lake, "AAPL")["date"].to_pylist() == ["2024-01-02"]
+    assert oc.read_open_close(lake, "AAPL", as_of=first)["close"].to_pylist() == [10.5]  # time travel
     with pytest.raises(InvalidRecord):
         oc.parse_open_close({**body, "open": None}, "AAPL", date(2024, 1, 2))
     with pytest.raises(InvalidBar):

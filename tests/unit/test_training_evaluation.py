@@ -149,3 +149,22 @@ def test_report_files_in_a_file_lake(tmp_path) -> None:
     assert lake.read_bytes("reports/unit/mase_by_step.png").startswith(b"\x89PNG")
     assert "| naive |" in lake.read_bytes("reports/unit/summary.md").decode()
     assert summary_markdown(result.summary).count("\n") == 4
+
+
+def test_as_of_takes_a_version_or_a_time(tmp_path, monkeypatch, capsys) -> None:
+    from datetime import UTC, datetime
+
+    from tickcast.cli import build_parser, main
+
+    parser = build_parser()
+    assert parser.parse_args(["backtest", "--as-of", "12"]).as_of == 12
+    assert parser.parse_args(["train", "--name", "x", "--as-of", "2024-03-04T15:00:00Z"]).as_of == datetime(
+        2024, 3, 4, 15, tzinfo=UTC
+    )
+    assert parser.parse_args(["backtest", "--as-of", "2024-03-04"]).as_of == datetime(2024, 3, 4, tzinfo=UTC)
+    assert parser.parse_args(["backtest"]).as_of is None
+    with pytest.raises(SystemExit):
+        parser.parse_args(["backtest", "--as-of", "yesterday"])
+    monkeypatch.setenv("TICKCAST_LAKE__URL", f"file://{tmp_path}/lake")
+    assert main(["backtest", "--source", "sample", "--as-of", "3", "--no-report"]) == 2
+    assert "only the lake's tables have versions" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 
 import numpy as np
@@ -9,7 +10,7 @@ import numpy as np
 from tickcast.lake import Lake
 from tickcast.settings import load_settings
 from training.samples import DAILY_SAMPLE, load_real_daily, sample_bars, write_sample_to_lake
-from training.targets import derive, normalize_target, series_from_frame, series_from_lake
+from training.targets import bars_version, derive, normalize_target, series_from_frame, series_from_lake
 
 
 def test_sample_is_small_and_complete() -> None:
@@ -37,6 +38,27 @@ def test_write_sample_to_lake_is_idempotent(tmp_path) -> None:
     assert table.num_rows == 19
     series = series_from_lake(lake, "close", "day", ["SPX"])
     assert len(series["SPX"]) == 40
+
+
+def test_series_from_lake_as_of_an_old_version_reads_the_same_bars(tmp_path) -> None:
+    lake = Lake(load_settings(lake={"url": f"file://{tmp_path}/lake"}).lake)
+    assert bars_version(lake) is None
+    write_sample_to_lake(lake, ["SPX"], start=datetime(2018, 11, 1, tzinfo=UTC))
+    version = bars_version(lake)
+    assert version is not None
+    before = series_from_lake(lake, "close", "day", as_of=version)
+    assert list(before) == ["SPX"] and len(before["SPX"]) == 40
+    # more history, another ticker and a corrected bar arrive
+    write_sample_to_lake(lake, start=datetime(2018, 10, 1, tzinfo=UTC), end=datetime(2018, 11, 1, tzinfo=UTC))
+    write_sample_to_lake(lake, ["IXIC"], start=datetime(2018, 11, 1, tzinfo=UTC))
+    last = sample_bars(["SPX"])[-1]
+    lake.write_bars([dataclasses.replace(last, close=last.close * 1.01, high=last.high * 1.01)])
+    now = series_from_lake(lake, "close", "day")
+    assert sorted(now) == ["IXIC", "SPX"] and len(now["SPX"]) == 40 + 23
+    assert now["SPX"][-1] != before["SPX"][-1]
+    again = series_from_lake(lake, "close", "day", as_of=version)
+    assert list(again) == ["SPX"] and np.array_equal(again["SPX"], before["SPX"])
+    assert bars_version(lake, version) == version and bars_version(lake) == version + 3
 
 
 def test_targets() -> None:
