@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# tickcast consumer: Kafka `bars` -> the Parquet lake (exactly-once sink). Scale it with replicas (one consumer group).
+# tickcast consumer: Kafka `bars` -> the lake's Delta table `bars` (exactly-once sink). Scale it with replicas (one
+# consumer group). The chart's lake maintenance CronJobs run `tickcast lake optimize|vacuum` from this image too.
 # Build from the repository root:
 #   docker build -f docker/consumer.Dockerfile -t tickcast-consumer:0.1.0 .
 # Slim on purpose: the core plus the `consumer` extra only (no torch, ray or streamlit).
@@ -19,7 +20,7 @@ RUN pip install "/src[consumer]"
 
 FROM python:3.11.14-slim-trixie AS runtime
 LABEL org.opencontainers.image.title="tickcast-consumer" \
-      org.opencontainers.image.description="tickcast Kafka-to-lake Parquet sink" \
+      org.opencontainers.image.description="tickcast Kafka-to-lake Delta Lake sink and lake maintenance" \
       org.opencontainers.image.licenses="Apache-2.0"
 RUN groupadd --system --gid 10001 tickcast \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin tickcast

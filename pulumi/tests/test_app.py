@@ -169,6 +169,11 @@ def test_chart_values_is_a_pure_function_of_its_inputs() -> None:
     values = chart_values(inputs)
     assert values["jobs"] == {"serviceAccount": {"create": True, "name": "tickcast-batch", "roleArn": "arn:role/batch"}}
     assert values["rayService"]["image"] == {"repository": "registry/serving"}
+    # the lake maintenance CronJobs: their own role, the slim consumer image (it has `tickcast lake`)
+    assert values["maintenance"] == {
+        "serviceAccount": {"create": True, "name": "tickcast-maintenance", "roleArn": "arn:role/maintenance"},
+        "image": {"repository": "registry/consumer"},
+    }
     assert values["config"]["kafka"]["retention_hours"] == 24
     assert chart_values(inputs) == values
 

@@ -1,7 +1,12 @@
-"""IRSA: one role per workload, trusted by its own service account only, least privilege."""
+"""IRSA: one role per workload, trusted by its own service account only, least privilege.
+
+The lake part is checked against ``LAKE_ACCESS`` key by key: a data file, a commit, a checkpoint
+and ``_last_checkpoint`` of every table, and a blob under each prefix.
+"""
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from typing import Any
 
@@ -9,6 +14,7 @@ import pytest
 
 from conftest import OIDC_ID, Deployment
 from tickcast_infra.iam import WORKLOADS
+from tickcast_infra.lake_access import LAKE_ACCESS, LAKE_TABLES, check_access, s3_statements
 
 WORKLOAD_NAMES = sorted(WORKLOADS)
 
@@ -75,9 +81,110 @@ def test_every_resource_is_this_stacks_own(deployment: Deployment) -> None:
                 assert resource.startswith(own), (workload, resource)
 
 
-def test_producer_cannot_touch_the_lake(deployment: Deployment) -> None:
+def _allows(policy: dict[str, Any], action: str, resource: str) -> bool:
+    """Whether the policy allows ``action`` on ``resource`` (IAM wildcards: ``*`` and ``?``)."""
+    for statement in policy["Statement"]:
+        actions = [statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"]
+        applies = statement["Effect"] == "Allow" and action in actions and "Condition" not in statement
+        if applies and any(fnmatch.fnmatchcase(resource, pattern) for pattern in statement["Resource"]):
+            return True
+    return False
+
+
+def _level(workload: str, path: str) -> str | None:
+    """The access :data:`LAKE_ACCESS` gives ``workload`` to a table, or to a blob by its longest prefix."""
+    access = LAKE_ACCESS.get(workload, {})
+    covering = [key for key in access if path == key or path.startswith(key + "/")]
+    return access[max(covering, key=len)] if covering else None
+
+
+#: Keys a role may meet in each table: a data file, a commit, a checkpoint and its pointer.
+TABLE_KEYS = (
+    "interval=minute/period=2024-03-04/part-00001-6f1c0d1e-c000.zstd.parquet",
+    "_delta_log/00000000000000000042.json",
+    "_delta_log/00000000000000000100.checkpoint.parquet",
+    "_delta_log/_last_checkpoint",
+)
+BLOB_KEYS = (
+    "models/chronos-2-finetuned/3/config.json",
+    "reports/nightly/report.json",
+    "_state/producer/backfill-0123abcd.json",
+    "_state/forecaster/warm.json",
+)
+
+
+@pytest.mark.parametrize("workload", sorted(LAKE_ACCESS))
+def test_lake_grants_follow_the_access_mapping(dev: Deployment, workload: str) -> None:
+    """Every table key (data and _delta_log) and blob: allowed exactly as LAKE_ACCESS says, nothing more."""
+    arns = Arns(dev)
+    policy = _policy(dev, workload)
+    problems = []
+    for table in LAKE_TABLES:
+        level = _level(workload, table)
+        for key in TABLE_KEYS:
+            resource = f"{arns.lake}/{table}/{key}"
+            in_log = key.startswith("_delta_log/")
+            expected = {
+                "s3:GetObject": level is not None,
+                "s3:PutObject": level in ("write", "maintain"),
+                # vacuum deletes data files (maintenance only); writers' commits clean up expired log entries
+                "s3:DeleteObject": level == "maintain" or (in_log and level == "write"),
+            }
+            for action, allowed in expected.items():
+                if _allows(policy, action, resource) != allowed:
+                    problems.append(f"{action} {table}/{key}: expected {'allowed' if allowed else 'denied'}")
+    for key in BLOB_KEYS:
+        level = _level(workload, key.rsplit("/", 1)[0])
+        resource = f"{arns.lake}/{key}"
+        expected = {
+            "s3:GetObject": level is not None,
+            "s3:PutObject": level == "write",
+            "s3:DeleteObject": False,
+        }
+        for action, allowed in expected.items():
+            if _allows(policy, action, resource) != allowed:
+                problems.append(f"{action} {key}: expected {'allowed' if allowed else 'denied'}")
+    assert _allows(policy, "s3:ListBucket", arns.bucket) == bool(LAKE_ACCESS[workload])
+    outside = f"{arns.bucket}/elsewhere/{TABLE_KEYS[0]}"
+    assert not any(_allows(policy, a, outside) for a in ("s3:GetObject", "s3:PutObject", "s3:DeleteObject"))
+    assert not problems, "\n".join(problems)
+
+
+def test_only_maintenance_deletes_data_files(deployment: Deployment) -> None:
+    arns = Arns(deployment)
+    for workload in WORKLOAD_NAMES:
+        policy = _policy(deployment, workload)
+        deletable = _resources_for(policy, "s3:DeleteObject")
+        if workload == "maintenance":
+            assert deletable == {f"{arns.lake}/{t}/*" for t in LAKE_TABLES}
+        else:
+            # at most the _delta_log/ of tables it writes (delta-rs's expired-log clean-up after a commit)
+            assert all(r.endswith("/_delta_log/*") for r in deletable), (workload, deletable)
+            assert deletable == {
+                f"{arns.lake}/{t}/_delta_log/*"
+                for t, a in LAKE_ACCESS[workload].items()
+                if a == "write" and t in LAKE_TABLES
+            }
+
+
+def test_only_the_consumer_writes_bars(deployment: Deployment) -> None:
+    arns = Arns(deployment)
+    bar_file = f"{arns.lake}/bars/{TABLE_KEYS[0]}"
+    commit = f"{arns.lake}/bars/{TABLE_KEYS[1]}"
+    writers = {w for w in WORKLOAD_NAMES if _allows(_policy(deployment, w), "s3:PutObject", commit)}
+    assert writers == {"consumer", "maintenance"}
+    assert {w for w in WORKLOAD_NAMES if _allows(_policy(deployment, w), "s3:PutObject", bar_file)} == writers
+
+
+def test_producer_writes_open_close_and_its_state_and_reads_bars(deployment: Deployment) -> None:
+    arns = Arns(deployment)
     policy = _policy(deployment, "producer")
-    assert not any(a.startswith(("s3:", "kms:")) for a in _actions(policy))
+    assert _resources_for(policy, "s3:PutObject") == {f"{arns.lake}/open_close/*", f"{arns.lake}/_state/producer/*"}
+    assert _resources_for(policy, "s3:GetObject") == {
+        f"{arns.lake}/open_close/*",
+        f"{arns.lake}/_state/producer/*",
+        f"{arns.lake}/bars/*",
+    }
 
 
 def test_producer_reads_only_the_polygon_secret_and_writes_only_its_topics(deployment: Deployment) -> None:
@@ -103,53 +210,98 @@ def test_consumer_writes_bars_only(deployment: Deployment) -> None:
     assert _resources_for(policy, "kafka-cluster:AlterGroup") == {f"{arns.group}/tickcast-sink"}
 
 
-def test_forecaster_writes_forecasts_and_scores(deployment: Deployment) -> None:
+def test_forecaster_writes_forecasts_scores_and_aggregates(deployment: Deployment) -> None:
     arns = Arns(deployment)
     policy = _policy(deployment, "forecaster")
-    assert _resources_for(policy, "s3:PutObject") == {f"{arns.lake}/forecasts/*", f"{arns.lake}/scores/*"}
+    written = {f"{arns.lake}/{t}/*" for t in ("forecasts", "scores", "score_aggregates")}
+    assert _resources_for(policy, "s3:PutObject") == written
+    assert _resources_for(policy, "s3:GetObject") == written | {f"{arns.lake}/bars/*"}
     assert _resources_for(policy, "kafka-cluster:ReadData") == {f"{arns.topic}/bars"}
     assert f"{arns.topic}/forecasts" in _resources_for(policy, "kafka-cluster:WriteData")
     assert _resources_for(policy, "kafka-cluster:AlterGroup") == {f"{arns.group}/tickcast-forecaster"}
 
 
-@pytest.mark.parametrize("workload", ["serving", "dashboard"])
-def test_readers_read_the_lake_and_write_nothing(deployment: Deployment, workload: str) -> None:
+def test_serving_reads_models_and_bars_and_writes_batch_forecasts(deployment: Deployment) -> None:
     arns = Arns(deployment)
-    policy = _policy(deployment, workload)
-    assert _resources_for(policy, "s3:GetObject") == {f"{arns.lake}/*"}
+    policy = _policy(deployment, "serving")
+    assert _resources_for(policy, "s3:GetObject") == {
+        f"{arns.lake}/bars/*",
+        f"{arns.lake}/models/*",
+        f"{arns.lake}/forecasts/*",
+    }
+    assert _resources_for(policy, "s3:PutObject") == {f"{arns.lake}/forecasts/*"}
+    assert not any(a.startswith("kafka-cluster:") for a in _actions(policy))
+
+
+def test_dashboard_reads_what_it_shows_and_writes_nothing(deployment: Deployment) -> None:
+    arns = Arns(deployment)
+    policy = _policy(deployment, "dashboard")
+    assert _resources_for(policy, "s3:GetObject") == {
+        *(f"{arns.lake}/{t}/*" for t in LAKE_TABLES),
+        f"{arns.lake}/reports/*",
+        f"{arns.lake}/models/*",
+    }
     assert not any(a in _actions(policy) for a in ("s3:PutObject", "s3:DeleteObject", "kms:GenerateDataKey"))
-    kafka = {a for a in _actions(policy) if a.startswith("kafka-cluster:")}
-    if workload == "serving":
-        assert not kafka
-    else:
-        # the data-quality page reads the newest dead-letter records (assigned partitions, no group)
-        assert kafka == {
-            "kafka-cluster:Connect",
-            "kafka-cluster:DescribeCluster",
-            "kafka-cluster:DescribeTopic",
-            "kafka-cluster:ReadData",
-        }
-        assert _resources_for(policy, "kafka-cluster:ReadData") == {f"{arns.topic}/bars.dlq"}
+    # the data-quality page reads the newest dead-letter records (assigned partitions, no group)
+    assert {a for a in _actions(policy) if a.startswith("kafka-cluster:")} == {
+        "kafka-cluster:Connect",
+        "kafka-cluster:DescribeCluster",
+        "kafka-cluster:DescribeTopic",
+        "kafka-cluster:ReadData",
+    }
+    assert _resources_for(policy, "kafka-cluster:ReadData") == {f"{arns.topic}/bars.dlq"}
 
 
-def test_batch_writes_reports_models_and_forecasts_only(deployment: Deployment) -> None:
+def test_batch_reads_bars_and_writes_reports_and_models_only(deployment: Deployment) -> None:
     arns = Arns(deployment)
     policy = _policy(deployment, "batch")
-    assert _resources_for(policy, "s3:PutObject") == {
-        f"{arns.lake}/forecasts/*",
+    assert _resources_for(policy, "s3:PutObject") == {f"{arns.lake}/models/*", f"{arns.lake}/reports/*"}
+    assert _resources_for(policy, "s3:GetObject") == {
+        f"{arns.lake}/bars/*",
         f"{arns.lake}/models/*",
         f"{arns.lake}/reports/*",
     }
     assert not any(a.startswith("kafka-cluster:") for a in _actions(policy))
 
 
+def test_maintenance_maintains_every_table_and_nothing_else(deployment: Deployment) -> None:
+    arns = Arns(deployment)
+    policy = _policy(deployment, "maintenance")
+    tables = {f"{arns.lake}/{t}/*" for t in LAKE_TABLES}
+    for action in ("s3:GetObject", "s3:PutObject", "s3:DeleteObject"):
+        assert _resources_for(policy, action) == tables, action
+    assert {a for a in _actions(policy) if not a.startswith("s3:")} == {"kms:Decrypt", "kms:GenerateDataKey"}
+    role = deployment.one("aws:iam/role:Role", "maintenance")
+    subject = json.loads(role.inputs["assumeRolePolicy"])["Statement"][0]["Condition"]["StringEquals"]
+    assert any(v.endswith(":tickcast-maintenance") for v in subject.values())
+
+
 def test_lake_key_use_matches_lake_access(deployment: Deployment) -> None:
     arns = Arns(deployment)
     for workload, access in WORKLOADS.items():
         policy = _policy(deployment, workload)
+        assert access.lake == LAKE_ACCESS[workload], "WORKLOADS takes its lake part from LAKE_ACCESS"
         if access.uses_lake:
             assert _resources_for(policy, "kms:") == {arns.lake_key}
-            assert ("kms:GenerateDataKey" in _actions(policy)) == bool(access.lake_write)
+            assert ("kms:GenerateDataKey" in _actions(policy)) == access.writes_lake
+
+
+def test_lake_statements_are_well_formed(deployment: Deployment) -> None:
+    for workload in WORKLOAD_NAMES:
+        statements = _policy(deployment, workload)["Statement"]
+        sids = [s["Sid"] for s in statements]
+        assert len(sids) == len(set(sids)), (workload, sids)
+        for statement in statements:
+            assert statement["Resource"] == sorted(statement["Resource"]), (workload, statement["Sid"])
+            assert statement["Resource"], (workload, statement["Sid"])
+
+
+def test_access_mapping_rejects_unknown_paths_and_levels() -> None:
+    check_access({"bars": "read", "_state/producer": "write"})
+    for bad in ({"bar": "read"}, {"models": "maintain"}, {"bars": "delete"}, {"_sink": "write"}, {"reports/": "read"}):
+        with pytest.raises(ValueError, match="lake access"):
+            check_access(bad)  # type: ignore[arg-type]
+    assert s3_statements({}, "arn:aws:s3:::b", "lake") == []
 
 
 def test_no_workload_may_create_topics(deployment: Deployment) -> None:

@@ -26,7 +26,8 @@ key                                                from
 ================================================  ==============================================
 
 Components and the workload (IAM role, service account) each runs as: producer, consumer,
-forecaster, dashboard, rayService (role ``serving``) and jobs (Ray batch jobs, role ``batch``).
+forecaster, dashboard, rayService (role ``serving``), jobs (Ray batch jobs, role ``batch``) and
+maintenance (the lake's optimize and vacuum CronJobs, role ``maintenance``, consumer image).
 The release name, those service accounts and the names of the objects read back (the dashboard
 Ingress, the Serve Service) are in :mod:`tickcast_infra.chart_names`, which tests/helm checks
 against what the chart renders.
@@ -57,7 +58,8 @@ SECRETS_NAME = "tickcast-pulumi-secrets"
 """The Secret handed to the chart as ``secrets.existingSecret``; keys are setting variables."""
 POLYGON_API_KEY_VARIABLE = "TICKCAST_POLYGON__API_KEY"
 
-# Chart section -> its image: the jobs run the serving image, set by rayService.image.
+# Chart section -> its image: the jobs run the serving image, set by rayService.image; the lake
+# maintenance CronJobs run `tickcast lake optimize|vacuum` from the slim consumer image.
 CHART_IMAGES: dict[str, str | None] = {
     "producer": "producer",
     "consumer": "consumer",
@@ -65,6 +67,7 @@ CHART_IMAGES: dict[str, str | None] = {
     "dashboard": "dashboard",
     "rayService": "serving",
     "jobs": None,
+    "maintenance": "consumer",
 }
 # chart section -> (image, workload); the names of objects read back live in chart_names.
 CHART_COMPONENTS: dict[str, tuple[str | None, str]] = {

@@ -34,6 +34,7 @@ CHART_WORKLOADS: dict[str, str] = {
     "dashboard": "dashboard",
     "rayService": "serving",
     "jobs": "batch",
+    "maintenance": "maintenance",
 }
 """Chart values section -> the workload (IAM role, ServiceAccount) its pods run as."""
 

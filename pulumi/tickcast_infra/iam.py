@@ -1,8 +1,10 @@
 """IAM roles for service accounts (IRSA): one role per workload, least privilege.
 
 :data:`WORKLOADS` is the access matrix, the one place that says which workload may touch
-which lake prefix, Kafka topic and group, and secret. The policy builders are plain
-functions over ARNs, so tests read the exact documents the roles get.
+which Kafka topic and group and which secret; its lake part is
+:data:`tickcast_infra.lake_access.LAKE_ACCESS` (tables and blob prefixes, read, write or
+maintain). The policy builders are plain functions over ARNs, so tests read the exact
+documents the roles get.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import pulumi
 import pulumi_aws as aws
 
 from tickcast_infra.chart_names import service_account_name
+from tickcast_infra.lake_access import LAKE_ACCESS, Access, s3_statements, writes_lake
 
 # Topic and consumer-group names, the defaults of tickcast.settings.KafkaSettings and the
 # services' group ids (TICKCAST_KAFKA__TOPIC_*, TICKCAST_CONSUMER__GROUP_ID, ...).
@@ -27,16 +30,12 @@ TOPICS = (TOPIC_BARS, TOPIC_FORECASTS, TOPIC_DLQ, TOPIC_OPEN_CLOSE)
 GROUP_CONSUMER = "tickcast-sink"
 GROUP_FORECASTER = "tickcast-forecaster"
 
-WHOLE_LAKE = ""
-"""A lake prefix meaning everything under the lake root."""
-
 
 @dataclass(frozen=True)
 class WorkloadAccess:
-    """What one workload may do. Lake prefixes are relative to the lake root (``bars``)."""
+    """What one workload may do. ``lake`` maps a table or blob prefix to its access level."""
 
-    lake_read: tuple[str, ...] = ()
-    lake_write: tuple[str, ...] = ()
+    lake: Mapping[str, Access] = field(default_factory=dict)
     kafka_read: tuple[str, ...] = ()
     kafka_write: tuple[str, ...] = ()
     kafka_groups: tuple[str, ...] = ()
@@ -45,7 +44,11 @@ class WorkloadAccess:
 
     @property
     def uses_lake(self) -> bool:
-        return bool(self.lake_read or self.lake_write)
+        return bool(self.lake)
+
+    @property
+    def writes_lake(self) -> bool:
+        return writes_lake(self.lake)
 
     @property
     def uses_kafka(self) -> bool:
@@ -53,33 +56,34 @@ class WorkloadAccess:
 
 
 WORKLOADS: dict[str, WorkloadAccess] = {
-    # Polygon -> Kafka. No lake at all.
+    # Polygon -> Kafka; open/close rows and backfill checkpoints in the lake.
     "producer": WorkloadAccess(
+        lake=LAKE_ACCESS["producer"],
         kafka_write=(TOPIC_BARS, TOPIC_DLQ, TOPIC_OPEN_CLOSE),
         read_polygon_secret=True,
     ),
-    # Kafka -> lake bars/. Reads back its own files to resume; routes bad records to the DLQ.
+    # Kafka -> the bars table (its commits record the Kafka positions); bad records to the DLQ.
     "consumer": WorkloadAccess(
-        lake_read=("bars",),
-        lake_write=("bars",),
+        lake=LAKE_ACCESS["consumer"],
         kafka_read=(TOPIC_BARS,),
         kafka_write=(TOPIC_DLQ,),
         kafka_groups=(GROUP_CONSUMER,),
     ),
-    # bars -> serving -> forecasts (Kafka and lake) and scores; warms its context from bars/.
+    # bars -> serving -> forecasts (Kafka and lake), scores and score aggregates.
     "forecaster": WorkloadAccess(
-        lake_read=("bars", "forecasts", "scores"),
-        lake_write=("forecasts", "scores"),
+        lake=LAKE_ACCESS["forecaster"],
         kafka_read=(TOPIC_BARS,),
         kafka_write=(TOPIC_FORECASTS,),
         kafka_groups=(GROUP_FORECASTER,),
     ),
-    # Ray Serve: loads models/ (and bars for on-demand context); writes nothing.
-    "serving": WorkloadAccess(lake_read=(WHOLE_LAKE,)),
+    # Ray Serve (and batch forecasts on its cluster): models and bars in, forecasts out.
+    "serving": WorkloadAccess(lake=LAKE_ACCESS["serving"]),
     # Streamlit: reads the lake and the newest dead-letter records (no consumer group); writes nothing.
-    "dashboard": WorkloadAccess(lake_read=(WHOLE_LAKE,), kafka_read=(TOPIC_DLQ,)),
-    # Ray batch jobs: backtests, batch forecasts and fine-tuning.
-    "batch": WorkloadAccess(lake_read=(WHOLE_LAKE,), lake_write=("forecasts", "reports", "models")),
+    "dashboard": WorkloadAccess(lake=LAKE_ACCESS["dashboard"], kafka_read=(TOPIC_DLQ,)),
+    # Ray batch jobs: backtests and fine-tuning.
+    "batch": WorkloadAccess(lake=LAKE_ACCESS["batch"]),
+    # The lake maintenance CronJobs (optimize, vacuum): the only role that deletes data files.
+    "maintenance": WorkloadAccess(lake=LAKE_ACCESS["maintenance"]),
 }
 
 KAFKA_ADMIN = "kafka-admin"
@@ -109,45 +113,12 @@ def kafka_arn(cluster_arn: str, kind: str, name: str) -> str:
     return f"{head}:{kind}/{tail}/{name}"
 
 
-def _lake_objects(arns: ResourceArns, prefixes: Sequence[str]) -> list[str]:
-    root = f"{arns.bucket_arn}/{arns.lake_prefix}"
-    return sorted({f"{root}/*" if p == WHOLE_LAKE else f"{root}/{p}/*" for p in prefixes})
-
-
 def policy_document(access: WorkloadAccess, arns: ResourceArns) -> dict[str, Any]:
     """The IAM policy document of one workload's role."""
-    statements: list[dict[str, Any]] = []
+    statements: list[dict[str, Any]] = s3_statements(access.lake, arns.bucket_arn, arns.lake_prefix)
     if access.uses_lake:
-        # Listing reveals key names only; pyarrow needs it to tell a missing key (404) from a
-        # forbidden one (403), and HeadObject carries no s3:prefix a condition could check.
-        statements.append(
-            {
-                "Sid": "LakeList",
-                "Effect": "Allow",
-                "Action": ["s3:ListBucket", "s3:GetBucketLocation"],
-                "Resource": [arns.bucket_arn],
-            }
-        )
-    if access.lake_read:
-        statements.append(
-            {
-                "Sid": "LakeRead",
-                "Effect": "Allow",
-                "Action": ["s3:GetObject"],
-                "Resource": _lake_objects(arns, access.lake_read),
-            }
-        )
-    if access.lake_write:
-        statements.append(
-            {
-                "Sid": "LakeWrite",
-                "Effect": "Allow",
-                "Action": ["s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
-                "Resource": _lake_objects(arns, access.lake_write),
-            }
-        )
-    if access.uses_lake:
-        kms_actions = ["kms:Decrypt"] + (["kms:GenerateDataKey"] if access.lake_write else [])
+        # SSE-KMS: reading decrypts; writing (multipart uploads included) also makes data keys.
+        kms_actions = ["kms:Decrypt"] + (["kms:GenerateDataKey"] if access.writes_lake else [])
         statements.append(
             {
                 "Sid": "LakeKey",

@@ -421,6 +421,7 @@ SERVICE_ACCOUNT_SECTIONS = {
     "dashboard": "dashboard",
     "rayService": "serving",
     "jobs": "batch",
+    "maintenance": "maintenance",
 }
 
 
@@ -429,6 +430,8 @@ def _section_of(pod_label: str) -> str:
     kind, name = pod_label.split("/")[:2]
     if kind == "Deployment":
         return name.rsplit("-", 1)[1]
+    if kind == "CronJob" and name.startswith(f"{RELEASE}-lake-"):
+        return "maintenance"  # lake optimize and vacuum
     return "rayService" if kind == "RayService" else "jobs"  # CronJob backtest, RayJob fine-tune
 
 
@@ -450,7 +453,8 @@ def test_each_workload_runs_as_its_own_serviceaccount_with_its_own_irsa_role(ren
         role = values[section]["serviceAccount"]["roleArn"]
         assert accounts[name]["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] == role, label
     assert set(used) == set(SERVICE_ACCOUNT_SECTIONS)
-    assert len({a["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] for a in accounts.values()}) == 6
+    roles = {a["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] for a in accounts.values()}
+    assert len(roles) == len(SERVICE_ACCOUNT_SECTIONS)
     for account in accounts.values():
         assert account["automountServiceAccountToken"] is False
 
@@ -470,7 +474,7 @@ def test_serviceaccount_defaults_existing_accounts_and_disabled_workloads(chart:
     )
     accounts = _accounts(docs)
     # the producer uses an existing account; the disabled forecaster gets none
-    assert set(accounts) == {f"{RELEASE}-{w}" for w in ("consumer", "dashboard", "serving", "batch")}
+    assert set(accounts) == {f"{RELEASE}-{w}" for w in ("consumer", "dashboard", "serving", "batch", "maintenance")}
     for name, account in accounts.items():
         annotations = account["metadata"]["annotations"]
         expected = "arn:aws:iam::123456789012:role/sink" if name.endswith("-consumer") else shared
@@ -845,22 +849,136 @@ def test_rendered_keys_are_settings_and_load(
 
 def test_pods_get_only_the_secrets_they_use(chart: Any) -> None:
     docs = _docs(_render(chart, _all_secrets_set()))
+    lake_keys = {"TICKCAST_LAKE__S3_ACCESS_KEY_ID", "TICKCAST_LAKE__S3_SECRET_ACCESS_KEY"}
     wanted = {
-        "Deployment/tickcast-producer": {"TICKCAST_POLYGON__API_KEY", "TICKCAST_KAFKA__SASL_PASSWORD"},
-        "Deployment/tickcast-dashboard": {
-            "TICKCAST_KAFKA__SASL_PASSWORD",
-            "TICKCAST_LAKE__S3_ACCESS_KEY_ID",
-            "TICKCAST_LAKE__S3_SECRET_ACCESS_KEY",
-            "TICKCAST_SERVING__AUTH_TOKEN",
-        },
+        # the producer writes the open_close table and its backfill checkpoints under _state/producer/
+        "Deployment/tickcast-producer": {"TICKCAST_POLYGON__API_KEY", "TICKCAST_KAFKA__SASL_PASSWORD", *lake_keys},
+        "Deployment/tickcast-dashboard": {"TICKCAST_KAFKA__SASL_PASSWORD", "TICKCAST_SERVING__AUTH_TOKEN", *lake_keys},
+        "CronJob/tickcast-lake-optimize": lake_keys,
+        "CronJob/tickcast-lake-vacuum": lake_keys,
     }
+    seen = set()
     for label, _, spec in _pod_specs(docs):
         env = [e for c in spec["containers"] for e in c.get("env", [])]
         names = {e["name"] for e in env if "secretKeyRef" in e.get("valueFrom", {})}
+        seen.add(label)
         if label in wanted:
             assert names == wanted[label], label
         if not label.startswith("Deployment/tickcast-producer"):
             assert "TICKCAST_POLYGON__API_KEY" not in names, f"{label} does not need the Polygon key"
+    assert set(wanted) <= seen, f"not rendered: {sorted(set(wanted) - seen)}"
+
+
+# --------------------------------------------------------------------------------------------
+# Lake maintenance: optimize and vacuum of the Delta tables, as their own ServiceAccount
+
+#: pulumi/tickcast_infra/lake_access.py: which workload may touch which table (plain Python).
+PULUMI_LAKE_ACCESS = REPO_ROOT / "pulumi" / "tickcast_infra" / "lake_access.py"
+
+
+def _maintenance_jobs(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Task (optimize, vacuum) -> its CronJob."""
+    prefix = f"{RELEASE}-lake-"
+    return {
+        d["metadata"]["name"].removeprefix(prefix): d
+        for d in docs
+        if d["kind"] == "CronJob" and d["metadata"]["name"].startswith(prefix)
+    }
+
+
+def _container(cronjob: dict[str, Any]) -> dict[str, Any]:
+    (container,) = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def test_maintenance_cronjobs_run_lake_optimize_and_vacuum(rendered: Rendered) -> None:
+    values = _chart_values()["maintenance"]
+    jobs = _maintenance_jobs(rendered["default"])
+    assert set(jobs) == {"optimize", "vacuum"}
+    assert _container(jobs["optimize"])["args"] == ["lake", "optimize"]
+    assert _container(jobs["vacuum"])["args"] == ["lake", "vacuum", "--retention-hours", "168"]
+    assert values["vacuum"]["retentionHours"] == 168, "the default keeps 7 days of time travel"
+    for task, job in jobs.items():
+        spec = job["spec"]
+        assert spec["schedule"] == values[task]["schedule"] and spec["timeZone"] == values["timeZone"]
+        assert spec["concurrencyPolicy"] == "Forbid", "two optimize runs would fight over the same partitions"
+        pod = spec["jobTemplate"]["spec"]["template"]["spec"]
+        assert pod["serviceAccountName"] == f"{RELEASE}-maintenance"
+        container = _container(job)
+        assert container["command"] == ["tickcast"]
+        assert container["image"].startswith("tickcast-consumer:"), "the slim image has the `tickcast lake` commands"
+        assert not any("KAFKA" in e["name"] for e in container.get("env", [])), "maintenance needs no Kafka"
+    # optimize first, then vacuum deletes the files it replaced (once they leave the retention)
+    hours = {task: int(values[task]["schedule"].split()[1]) for task in ("optimize", "vacuum")}
+    assert hours["optimize"] < hours["vacuum"]
+    production = _maintenance_jobs(rendered["production"])
+    assert set(production) == {"optimize", "vacuum"}
+    assert production["optimize"]["spec"]["timeZone"] == "America/New_York"
+
+
+def test_maintenance_arguments_are_commands_of_the_tickcast_cli(rendered: Rendered) -> None:
+    """What the CronJobs run parses with the real ``tickcast`` parser into the lake commands."""
+    cli = _require("tickcast.cli", DEV_FIX)
+    lake_cli = _require("tickcast.lake_cli", DEV_FIX)
+    parser = cli.build_parser()
+    for name in ("default", "production"):
+        for task, job in _maintenance_jobs(rendered[name]).items():
+            args = parser.parse_args(_container(job)["args"])
+            assert args.lake_command == task, (name, task)
+            assert args.handler is getattr(lake_cli, f"_{task}"), (name, task)
+            assert args.table is None, "every table by default"
+            if task == "vacuum":
+                assert args.retention_hours == 168 and not args.dry_run
+
+
+def test_maintenance_can_be_tuned_and_turned_off(chart: Any) -> None:
+    values = {
+        "maintenance": {
+            "optimize": {"enabled": False},
+            "vacuum": {"schedule": "@weekly", "retentionHours": 336, "args": ["--table", "bars"]},
+        }
+    }
+    docs = _docs(_render(chart, values))
+    jobs = _maintenance_jobs(docs)
+    assert set(jobs) == {"vacuum"}
+    assert _container(jobs["vacuum"])["args"] == ["lake", "vacuum", "--retention-hours", "336", "--table", "bars"]
+    assert jobs["vacuum"]["spec"]["schedule"] == "@weekly"
+    off = _docs(_render(chart, {"maintenance": {"optimize": {"enabled": False}, "vacuum": {"enabled": False}}}))
+    assert not _maintenance_jobs(off)
+    assert f"{RELEASE}-maintenance" not in _accounts(off), "no ServiceAccount without a maintenance job"
+
+
+def test_values_schema_rejects_bad_maintenance_values(chart: Any) -> None:
+    for bad in (
+        {"maintenance": {"vacuum": {"retentionHours": 0}}},
+        {"maintenance": {"optimize": {"schedule": "daily"}}},
+        {"maintenance": {"compaction": {"enabled": True}}},
+    ):
+        with pytest.raises(Exception, match="maintenance"):
+            _render(chart, bad)
+
+
+def _lake_access() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("pulumi_lake_access", PULUMI_LAKE_ACCESS)
+    assert spec and spec.loader, PULUMI_LAKE_ACCESS
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pulumi_lake_grants_know_every_table_and_blob_prefix() -> None:
+    """The IAM grants (pulumi/tickcast_infra/lake_access.py) name exactly tickcast.lake's tables."""
+    specs = _require("tickcast.lake.specs", DEV_FIX)
+    access = _lake_access()
+    assert set(access.LAKE_TABLES) == set(specs.TABLES), "a table the IAM roles do not know (or a stale one)"
+    assert set(access.LAKE_BLOB_PREFIXES) == set(specs.BLOB_PREFIXES)
+    workloads = access.LAKE_ACCESS
+    assert workloads["maintenance"] == {t: "maintain" for t in specs.TABLES}
+    for table in specs.TABLES:
+        assert any(a.get(table) == "write" for a in workloads.values()), f"nobody writes {table}"
+    assert [w for w, a in workloads.items() if a.get("bars") in ("write", "maintain")] == ["consumer", "maintenance"]
+    # every workload the chart runs has an entry, and the chart runs every workload that has one
+    assert set(workloads) <= set(SERVICE_ACCOUNT_SECTIONS.values())
 
 
 # --------------------------------------------------------------------------------------------

@@ -79,6 +79,7 @@ forecaster: forecaster
 dashboard: dashboard
 rayService: serving
 jobs: batch
+maintenance: maintenance
 {{- end }}
 
 {{/* Whether a values section's workload is deployed. Args: dict "root" $ "section" NAME. Renders "true" or "". */}}
@@ -86,13 +87,15 @@ jobs: batch
 {{- $v := index .root.Values .section }}
 {{- if eq .section "jobs" }}
 {{- if or $v.backtest.enabled $v.finetune.enabled }}true{{ end }}
+{{- else if eq .section "maintenance" }}
+{{- if or $v.optimize.enabled $v.vacuum.enabled }}true{{ end }}
 {{- else if $v.enabled }}true{{ end }}
 {{- end }}
 
 {{/*
 The ServiceAccount a values section's pods run as: SECTION.serviceAccount.name, else
-FULLNAME-WORKLOAD (tickcast-producer, ..., tickcast-serving, tickcast-batch for a release
-named tickcast). Args: dict "root" $ "section" NAME.
+FULLNAME-WORKLOAD (tickcast-producer, ..., tickcast-serving, tickcast-batch,
+tickcast-maintenance for a release named tickcast). Args: dict "root" $ "section" NAME.
 */}}
 {{- define "tickcast.serviceAccountName" -}}
 {{- $sa := (index .root.Values .section).serviceAccount }}
