@@ -6,7 +6,7 @@ Pulumi's; ``test_lake_grants.py`` drives it:
 - ``setup``: make sure the test MinIO runs (the project's test infrastructure, port 19000),
   create a bucket with every lake table holding a row, a file that vacuum may delete, and
   commits older than a 1-second log retention (so every later commit also runs delta-rs's
-  expired-log clean-up, as a table does after 30 days), plus one blob under each prefix.
+  expired-log clean-up, as a table does after 7 days), plus one blob under each prefix.
 - ``run``: take temporary credentials from MinIO's STS (``AssumeRole`` with the workload's S3
   statements as the session policy: the session may do exactly what the statements allow),
   put them in the environment as IRSA would, and try every operation: read, write and vacuum
@@ -152,7 +152,7 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
             optimize(lake, spec)  # two files -> one: the two are vacuum candidates
         table = tables.open_table(lake, spec)
         assert table is not None
-        # As after 30 days of a real table: commits older than the log retention, superseded by a
+        # As after 7 days of a real table: commits older than the log retention, superseded by a
         # checkpoint, which the next writer's commit removes (a checkpoint at every commit).
         table.alter.set_table_properties(
             {"delta.logRetentionDuration": "interval 1 seconds", "delta.checkpointInterval": "1"}

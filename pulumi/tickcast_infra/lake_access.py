@@ -16,7 +16,7 @@ allows, in S3 actions on ``<lake>/<path>/*`` (data files and ``_delta_log/`` ali
   ``_delta_log/<version>.json`` with ``If-None-Match: *`` (S3 conditional writes; no DynamoDB
   lock table, no temporary file, no rename); appends, merges and optimize only *add* objects
   (the files they replace are marked removed in the log). One delete remains: after a commit,
-  delta-rs removes commit files older than the table's ``delta.logRetentionDuration`` (30 days)
+  delta-rs removes commit files older than the table's ``delta.logRetentionDuration`` (7 days)
   that a checkpoint supersedes, and a write whose clean-up is refused fails *after* its commit
   landed. So a table writer may also DeleteObject under ``<table>/_delta_log/`` (never a data
   file).

@@ -98,6 +98,13 @@ def test_a_bar_sent_again_is_merged_latest_wins(lake: Lake) -> None:
     assert external_count(lake) == (10, 10)
 
 
+def test_a_key_twice_in_one_batch_lands_once_the_last_wins(lake: Lake) -> None:
+    bars = make_bars("AAPL", 3) + make_bars("AAPL", 2, close=0.25)  # two revisions of the first two bars
+    assert BarWriter(lake).write(bars_to_table(bars)).merged
+    assert read_bars(lake, "AAPL")["close"].to_pylist() == [100.25, 101.25, 102.5]
+    assert external_count(lake) == (3, 3)
+
+
 def test_positions_live_in_the_table_and_a_replay_is_refused(lake: Lake) -> None:
     writer = BarWriter(lake)
     writer.write(bars_to_table(make_bars("AAPL", 5)), txns=[("g:t:0", 4)], firsts={"g:t:0": 0})

@@ -109,7 +109,7 @@ def _rewrite_partition(lake: Lake, spec: TableSpec, values: tuple[str, ...], tar
                 mode="overwrite",
                 predicate=_predicate(spec, values),
                 target_file_size=target_size,
-                writer_properties=tables.writer_properties(),
+                writer_properties=tables.writer_properties(tables.SORTED_ROW_GROUP_ROWS),
                 commit_properties=tables._commit_properties((), {"tickcast.operation": "optimize"}),
             )
             return True
