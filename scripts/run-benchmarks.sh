@@ -10,14 +10,21 @@ mkdir -p test-artifacts
 .venv/bin/tickcast infra up >/dev/null
 bootstrap="127.0.0.1:${TICKCAST_INFRA__KAFKA_PORT:-9092}"
 minio="http://127.0.0.1:${TICKCAST_INFRA__MINIO_PORT:-9000}"
-run() {  # run NAME ARGS...
+failed=()
+run() {  # run NAME ARGS...; a benchmark that exits non-zero (a target missed, a crash) is listed at the end
   local name=$1; shift
   echo "== bench/${name}.py $*" >&2
-  .venv/bin/python "bench/${name}.py" "$@" | tee "test-artifacts/bench-${name}.json"
+  .venv/bin/python "bench/${name}.py" "$@" | tee "test-artifacts/bench-${name}.json" || failed+=("$name")
 }
 run ingest --bootstrap "$bootstrap"
 run sink --bootstrap "$bootstrap" --s3-endpoint "$minio"
+run lake --bootstrap "$bootstrap" --s3-endpoint "$minio"
+run lake_merge
 run serve
 run stream --bootstrap "$bootstrap"
 run train --steps 50
 run dashboard_read
+if ((${#failed[@]})); then
+  echo "missed a target or failed: ${failed[*]} (see test-artifacts/bench-*.json)" >&2
+  exit 1
+fi
