@@ -47,12 +47,19 @@ class AlreadyCommitted(TickcastError):
 
 def _store_error(lake: Lake, spec: TableSpec, action: str, exc: Exception) -> StoreUnavailable:
     first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    hint = (
-        f"check that {lake.root} is writable"
-        if lake.is_local
-        else f"check that the object store at {lake.settings.s3_endpoint_url or 'AWS S3'} is up and "
-        "TICKCAST_LAKE__URL / TICKCAST_LAKE__S3_ENDPOINT_URL are right"
-    )
+    denied = any(word in str(exc) for word in ("AccessDenied", "Forbidden", "403", "Permission denied"))
+    if denied:
+        hint = (
+            f"the credentials may not {action} table {spec.name}: grant it to this workload "
+            "(its IAM role, or its MinIO policy locally)"
+        )
+    elif lake.is_local:
+        hint = f"check that {lake.root} is writable"
+    else:
+        hint = (
+            f"check that the object store at {lake.settings.s3_endpoint_url or 'AWS S3'} is up and "
+            "TICKCAST_LAKE__URL / TICKCAST_LAKE__S3_ENDPOINT_URL are right"
+        )
     return StoreUnavailable(f"lake {action} of table {spec.name} failed at {lake.url}: {first}", hint)
 
 
