@@ -321,7 +321,8 @@ def reads(lake: Lake, preset: Preset, rows: int) -> dict[str, Any]:
     out["minute_range"]["days"] = preset.minute_days
     # each day partition read adds about the same: a year of 252 sessions costs about this much
     one, days = out["minute_day"]["p50_s"], preset.minute_days
-    per_day = (out["minute_range"]["p50_s"] - one) / (days - 1) if days > 1 else one
+    # never below zero: with few days (the smoke preset) timing noise can exceed the difference
+    per_day = max(0.0, (out["minute_range"]["p50_s"] - one) / (days - 1)) if days > 1 else one
     out["minute_range"]["year_estimate_s"] = round(one + per_day * 251, 3)
     out["load"] = load()
     return out
