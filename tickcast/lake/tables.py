@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 #: A table version (int) or a point in time (aware datetime) to read as of.
 AsOf = int | datetime | None
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 #: How often a commit that lost a race with a conflicting commit is retried.
 _CONFLICT_RETRIES = 8
@@ -97,13 +98,28 @@ def open_table(lake: Lake, spec: TableSpec, as_of: AsOf = None) -> DeltaTable | 
     check_schema_version(spec, table)
     if as_of is not None:
         try:
-            table.load_as_version(as_of)
+            table.load_as_version(_version_at(table, as_of) if isinstance(as_of, datetime) else as_of)
         except (DeltaError, OSError, ValueError) as exc:
             raise TickcastError(
                 f"table {spec.name} has no version as of {as_of}: {str(exc).splitlines()[0]}",
                 "pick a version or time within the table's history (tickcast lake history)",
             ) from None
     return table
+
+
+def _version_at(table: DeltaTable, when: datetime) -> int:
+    """The newest version committed at or before ``when``, by each commit's own timestamp.
+
+    delta-rs resolves a time by the log files' modification times in the store, which come a
+    moment after the commit timestamps ``history`` shows; a time copied from ``history`` could
+    then land on the version before. Resolving by the commit timestamps keeps the two in step.
+    """
+    wanted_ms = (when - _EPOCH) // timedelta(milliseconds=1)
+    for entry in table.history():  # newest first
+        stamp, version = entry.get("timestamp"), entry.get("version")
+        if stamp is not None and version is not None and stamp <= wanted_ms:
+            return int(version)
+    raise ValueError(f"the first commit is after {when.isoformat()}")
 
 
 def ensure_table(lake: Lake, spec: TableSpec) -> DeltaTable:
