@@ -14,11 +14,16 @@ setup: $(STAMP)
 	@bash scripts/setup-chart-tools.sh
 	@bash pulumi/setup.sh
 
+# pip prints each package as it goes (no -q): the first install downloads torch, Ray and the
+# rest, minutes of work that must not look like a hang.
 $(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[all,dev]'
+	@test -x $(BIN)/python || { echo "setup: creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
+	@echo "setup: updating pip in $(VENV)"
+	@$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
+	@echo "setup: installing tickcast and its Python packages into $(VENV) (first time: several minutes, torch and Ray are large)"
+	@$(BIN)/pip install --disable-pip-version-check -e '.[all,dev]'
 	@touch $(STAMP)
+	@echo "setup: Python packages installed"
 
 ## up: set everything up and run the whole platform on this machine (Ctrl-C stops it)
 up: setup

@@ -8,6 +8,7 @@ python="${PYTHON:-python3}"
 stamp="$venv/.requirements.sha256"
 
 if [ ! -x "$venv/bin/python" ]; then
+  echo "creating pulumi/.venv"
   "$python" -m venv "$venv"
 fi
 want="$(sha256sum "$here/requirements.txt" | cut -d' ' -f1)"
@@ -15,6 +16,7 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   echo "pulumi/.venv is up to date"
   exit 0
 fi
+echo "installing the Pulumi program's packages into pulumi/.venv (first time only: a few minutes)"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$here/requirements.txt"
 echo "$want" >"$stamp"

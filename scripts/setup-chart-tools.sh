@@ -31,6 +31,7 @@ if [[ ! -x "${VENV}/bin/python" ]]; then
   echo "creating ${VENV}"
   "${PYTHON}" -m venv "${VENV}"
 fi
+echo "installing checkov ${CHECKOV_VERSION} into ${VENV} for the chart tests (first time only: a few minutes)"
 "${VENV}/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
 "${VENV}/bin/python" -m pip install --quiet --disable-pip-version-check "checkov==${CHECKOV_VERSION}"
 "${VENV}/bin/checkov" --version >/dev/null

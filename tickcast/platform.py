@@ -6,6 +6,11 @@ the streaming forecaster, the producer and the dashboard. Each runs as its own d
 process group with a pid file and a log under the state folder, so ``tickcast down`` from
 another terminal stops exactly what ``up`` started, and nothing is left behind.
 
+While it runs, ``up`` supervises what it started (:mod:`tickcast.supervisor`): a crashed
+service is restarted with exponential backoff, and a crash loop stops everything. ``tickcast
+down`` from another terminal signals that ``up`` (its pid is in ``run/up.pid``), which stops
+everything and exits 0.
+
 Restarts resume rather than repeat: Kafka keeps its log and the consumer groups their
 offsets under the state folder, the lake keeps what was written, and the replay producer
 checkpoints its position, so a second ``up`` continues where the first stopped.
@@ -16,23 +21,28 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from tickcast.errors import InfraError
 from tickcast.infra import process
 from tickcast.infra.base import HOST, LocalService, Port, Progress, ServiceStatus, inherited_env
-from tickcast.infra.manager import InfraManager
+from tickcast.infra.manager import SERVICE_NAMES, InfraManager
+from tickcast.restarts import RestartRecord
 from tickcast.settings import Settings
+from tickcast.supervisor import Supervised, Supervisor
 
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+#: Written into ``up``'s pid file; ``down`` signals only a live tickcast process.
+UP_MARKER = "tickcast up"
 
 
 def http_ok(url: str, timeout_s: float = 2.0) -> bool:
@@ -196,12 +206,18 @@ class Platform:
         self.progress: Progress = progress or log.info
         self.infra = InfraManager(self.settings, self.progress)
         self.apps = {spec.name: AppService(self.settings, spec, self.progress) for spec in app_specs(self.settings)}
+        #: The app services ``up`` started (``--only`` narrows them); the supervisor watches these.
+        self.started: list[str] = list(self.apps)
 
-    def up(self, only: Sequence[str] | None = None) -> list[ServiceStatus]:
-        """Start everything (idempotent), each step once the previous is healthy."""
+    def up(self, only: Sequence[str] | None = None, stop: Callable[[], bool] = lambda: False) -> list[ServiceStatus]:
+        """Start everything (idempotent), each step once the previous is healthy.
+
+        ``stop()`` is checked between steps, so ``tickcast down`` during a long start ends it.
+        """
         from tickcast.kafka import ensure_topics
 
         names = [n for n in self.apps if not only or n in only]
+        self.started = names
         total = len(names) + 1
         started = time.monotonic()
         self.progress(f"[1/{total}] infrastructure (state in {self.infra.state_dir})")
@@ -209,6 +225,8 @@ class Platform:
         self.check_lake_layout()
         ensure_topics(self.settings.kafka)
         for i, name in enumerate(names, start=2):
+            if stop():
+                return self.status()
             self.progress(f"[{i}/{total}] {name}")
             self.apps[name].start()
         self.progress(f"platform up in {time.monotonic() - started:.0f} s")
@@ -241,6 +259,30 @@ class Platform:
         self.infra.down()
         return self.status()
 
+    def stop_up(self, timeout_s: float = 300.0) -> bool:
+        """Ask a supervising ``tickcast up`` of this state folder to stop everything, and wait.
+
+        Returns:
+            True when an ``up`` was running (and has now ended).
+
+        Raises:
+            InfraError: when it does not end within ``timeout_s``.
+        """
+        pid = running_up_pid(self.infra.state_dir)
+        if pid is None or pid == os.getpid():
+            return False
+        self.progress(f"asking `tickcast up` (pid {pid}) to stop everything")
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while process.pid_alive(pid):
+            if time.monotonic() > deadline:
+                raise InfraError(
+                    f"`tickcast up` (pid {pid}) did not stop within {timeout_s:.0f} s",
+                    f"look at its terminal, or stop it with `kill {pid}`",
+                )
+            time.sleep(0.2)
+        return True
+
     def status(self) -> list[ServiceStatus]:
         """Every service's state, infrastructure first."""
         return self.infra.status() + [app.status() for app in self.apps.values()]
@@ -260,33 +302,91 @@ class Platform:
             "logs": str(Path(self.infra.state_dir) / "logs"),
         }
 
-    def watch(self, stop: Callable[[], bool], interval_s: float = 5.0) -> ServiceStatus | None:
-        """Block until ``stop()`` is true or a managed service dies; returns the dead one."""
-        while not stop():
-            for app in self.apps.values():
-                if app.pid() is None and not app.probe():
-                    return app.status()
-            time.sleep(interval_s)
+    def supervisor(self) -> Supervisor:
+        """A supervisor over every service ``up`` started, infrastructure first."""
+        services = []
+        for name in SERVICE_NAMES:
+            if not self.infra.enabled(name):
+                continue
+            infra = self.infra.service(name)
+            services.append(
+                Supervised(
+                    name=name,
+                    pid=infra.pid,
+                    alive=lambda s=infra: s.pid() is not None or s.probe(),  # type: ignore[misc]
+                    restart=lambda n=name: self.infra.start_service(n),  # type: ignore[misc]
+                    log_path=infra.log_path,
+                    exit_reason=process.exit_reason,
+                )
+            )
+        for app in (self.apps[name] for name in self.started):
+            services.append(
+                Supervised(
+                    name=app.name,
+                    pid=app.pid,
+                    alive=lambda a=app: a.pid() is not None or a.probe(),  # type: ignore[misc]
+                    restart=app.start,
+                    log_path=app.log_path,
+                    exit_reason=process.exit_reason,
+                )
+            )
+        return Supervisor(services, self.infra.state_dir, self.settings.platform, self.progress)
+
+
+def up_pid_path(state_dir: Path | str) -> Path:
+    """Where a supervising ``tickcast up`` records its pid."""
+    return Path(state_dir) / "run" / "up.pid"
+
+
+def record_up_pid(state_dir: Path | str) -> Path:
+    """Record this process as the supervising ``up`` of ``state_dir`` (``down`` signals it)."""
+    path = up_pid_path(state_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"pid": os.getpid(), "marker": UP_MARKER, "started_at": time.time()}))
+    return path
+
+
+def running_up_pid(state_dir: Path | str) -> int | None:
+    """The pid of the ``tickcast up`` supervising ``state_dir``, if one runs."""
+    path = up_pid_path(state_dir)
+    record = process.read_pid(path)
+    if record is None or not process.pid_alive(record.pid):
         return None
+    try:
+        cmdline = Path(f"/proc/{record.pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    # The pid may have been reused since by a process that is not tickcast.
+    return record.pid if b"tickcast" in cmdline else None
 
 
-def render_status(statuses: Sequence[ServiceStatus]) -> str:
-    """A small table for people."""
-    rows = [f"{'service':<11} {'health':<9} {'pid':>7}  address", "-" * 60]
+def render_status(statuses: Sequence[ServiceStatus], restarts: Mapping[str, RestartRecord] | None = None) -> str:
+    """A small table for people, with restart counts when ``up`` supervises the services."""
+    restarts = restarts or {}
+    rows = [f"{'service':<11} {'health':<9} {'pid':>7} {'restarts':>8}  address", "-" * 70]
     for s in statuses:
         if not s.enabled and not s.running:
             health = "disabled"
         else:
             health = "healthy" if s.healthy else ("starting" if s.running else "down")
-        rows.append(f"{s.name:<11} {health:<9} {s.pid or '-':>7}  {s.address}")
+        record = restarts.get(s.name)
+        count = str(record.restarts) if record else "-"
+        line = f"{s.name:<11} {health:<9} {s.pid or '-':>7} {count:>8}  {s.address}"
+        if record and record.restarts and record.last_exit:
+            line += f"  (last exit: {record.last_exit})"
+        rows.append(line)
     return "\n".join(rows)
 
 
-def status_json(statuses: Sequence[ServiceStatus]) -> str:
-    """Machine-readable status."""
-    return json.dumps([s.to_dict() for s in statuses], indent=2)
+def status_json(statuses: Sequence[ServiceStatus], restarts: Mapping[str, RestartRecord] | None = None) -> str:
+    """Machine-readable status; each service carries its restart record (or null)."""
+    restarts = restarts or {}
+    return json.dumps(
+        [{**s.to_dict(), "restarts": restarts[s.name].to_dict() if s.name in restarts else None} for s in statuses],
+        indent=2,
+    )
 
 
-def log_tail(status: ServiceStatus, lines: int = 15) -> str:
+def log_tail(log_path: Path | str, lines: int = 15) -> str:
     """The end of a service's log."""
-    return process.log_tail(Path(status.log_path), lines)
+    return process.log_tail(Path(log_path), lines)

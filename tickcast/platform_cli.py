@@ -13,43 +13,63 @@ def _say(line: str) -> None:
 
 
 def _up(settings: Settings, args: argparse.Namespace) -> int:
-    from tickcast.platform import Platform, log_tail, render_status
+    from tickcast.platform import Platform, log_tail, record_up_pid, render_status, running_up_pid
+    from tickcast.restarts import read_restarts
     from tickcast.service import StopFlag
+    from tickcast.supervisor import CrashLoop
 
     platform = Platform(settings, _say)
+    state_dir = platform.infra.state_dir
+    other = running_up_pid(state_dir)
+    if other is not None:
+        _say(f"`tickcast up` already runs for {state_dir} (pid {other}); `tickcast status` shows it")
+        return 1
     stop = StopFlag().install()
+    pid_file = None if args.detach else record_up_pid(state_dir)
     try:
-        statuses = platform.up(only=args.only)
+        statuses = platform.up(only=args.only, stop=stop.is_set)
+        if stop.is_set():
+            return 0
         print(render_status(statuses), flush=True)
         for name, url in platform.urls().items():
             print(f"  {name:<13} {url}", flush=True)
         if args.detach:
-            _say("running in the background; stop it with `tickcast down`")
+            _say("running in the background, not supervised; stop it with `tickcast down`")
             return 0
-        _say("running; press Ctrl-C (or run `tickcast down`) to stop")
-        dead = platform.watch(stop.is_set)
-        if dead is not None:
-            _say(f"{dead.name} stopped unexpectedly; last lines of {dead.log_path}:\n{log_tail(dead)}")
+        _say("running; a crashed service is restarted; press Ctrl-C (or run `tickcast down`) to stop")
+        supervisor = platform.supervisor()
+        try:
+            supervisor.run(stop.is_set)
+        except CrashLoop as exc:
+            _say(f"stopping everything: {exc.one_line()}")
+            print(f"last lines of {exc.log_path}:\n{log_tail(exc.log_path)}", flush=True)
             return 1
         return 0
     finally:
         if not args.detach:
             _say("stopping")
-            print(render_status(platform.down()), flush=True)
+            print(render_status(platform.down(), read_restarts(state_dir)), flush=True)
+        if pid_file is not None:
+            pid_file.unlink(missing_ok=True)
 
 
 def _down(settings: Settings, args: argparse.Namespace) -> int:
     from tickcast.platform import Platform, render_status
 
-    print(render_status(Platform(settings, _say).down()))
+    platform = Platform(settings, _say)
+    platform.stop_up()  # a supervising `up` stops everything itself and exits 0
+    print(render_status(platform.down()))
     return 0
 
 
 def _status(settings: Settings, args: argparse.Namespace) -> int:
     from tickcast.platform import Platform, render_status, status_json
+    from tickcast.restarts import read_restarts
 
-    statuses = Platform(settings, _say).status()
-    print(status_json(statuses) if args.json else render_status(statuses))
+    platform = Platform(settings, _say)
+    statuses = platform.status()
+    restarts = read_restarts(platform.infra.state_dir)
+    print(status_json(statuses, restarts) if args.json else render_status(statuses, restarts))
     return 0 if all(s.healthy for s in statuses if s.enabled) else 1
 
 

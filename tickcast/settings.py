@@ -107,6 +107,22 @@ class InfraSettings(BaseModel):
     start_timeout_s: float = Field(90.0, gt=0, description="How long to wait for a local service to become healthy.")
 
 
+class PlatformSettings(BaseModel):
+    """How ``tickcast up`` supervises the services it started."""
+
+    model_config = _FROZEN
+
+    restart_backoff_initial_s: float = Field(
+        1.0, gt=0, description="Wait before restarting a crashed service the first time; doubles with each crash."
+    )
+    restart_backoff_max_s: float = Field(60.0, gt=0, description="Longest wait before restarting a crashed service.")
+    crash_loop_restarts: int = Field(
+        5, ge=1, description="Restarts within `crash_loop_window_min` after which `up` stops everything."
+    )
+    crash_loop_window_min: float = Field(10.0, gt=0, description="The window, in minutes, that defines a crash loop.")
+    supervise_interval_s: float = Field(2.0, gt=0, description="How often `up` checks that every service still runs.")
+
+
 class PolygonSettings(BaseModel):
     """Polygon / Massive market data."""
 
@@ -302,6 +318,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings, description="Kafka.")  # type: ignore[arg-type]
     lake: LakeSettings = Field(default_factory=LakeSettings, description="The lake.")  # type: ignore[arg-type]
     infra: InfraSettings = Field(default_factory=InfraSettings, description="Local infrastructure.")  # type: ignore[arg-type]
+    platform: PlatformSettings = Field(default_factory=PlatformSettings, description="Local platform supervision.")  # type: ignore[arg-type]
     polygon: PolygonSettings = Field(default_factory=PolygonSettings, description="Polygon/Massive.")  # type: ignore[arg-type]
     producer: ProducerSettings = Field(default_factory=ProducerSettings, description="Producer.")  # type: ignore[arg-type]
     consumer: ConsumerSettings = Field(default_factory=ConsumerSettings, description="Consumer.")  # type: ignore[arg-type]
@@ -314,6 +331,7 @@ GROUPS: dict[str, type[BaseModel]] = {
     "kafka": KafkaSettings,
     "lake": LakeSettings,
     "infra": InfraSettings,
+    "platform": PlatformSettings,
     "polygon": PolygonSettings,
     "producer": ProducerSettings,
     "consumer": ConsumerSettings,

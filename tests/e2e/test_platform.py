@@ -1,10 +1,15 @@
 """The README's first command, run exactly as written: the whole platform end to end.
 
 It starts the platform in the background, waits until forecasts show on the dashboard in
-headless Chromium, checks the lake with DuckDB, stops the platform with Ctrl-C (SIGINT),
-checks nothing is left running, starts it again, stops it again, and checks that nothing
-was duplicated. Ports and folders are moved off the defaults with TICKCAST_* variables so
-the test never collides with a platform a developer has running.
+headless Chromium, then plays chaos: SIGKILLs the consumer, the forecaster, the producer, the
+Serve replica process and the Kafka broker, one after another during the replay, and waits
+each time until the platform has recovered by itself (bars and forecasts flowing again). It
+stops the platform with Ctrl-C (SIGINT), checks nothing is left running and that the lake
+holds every replayed bar exactly once (counted against the bundled sample, not only "no
+duplicates"), starts it again, stops it again, and checks again. The lake is read through
+the Delta log with DuckDB, as a reader that is not tickcast would. Ports and folders are
+moved off the defaults with TICKCAST_* variables so the test never collides with a platform
+a developer has running.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from conftest import free_port
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
 DUPLICATED_BARS = "select count(*) - count(distinct (ticker, interval, start)) from {bars}"
 DUPLICATED_FORECAST_STEPS = "select count(*) - count(distinct (forecast_id, step)) from {forecasts}"
@@ -52,16 +57,91 @@ def wait_for(what: str, check: Callable[[], bool], timeout_s: float, proc: subpr
     return time.monotonic() - started
 
 
+def table_files(lake: Path, name: str) -> list[str]:
+    """The data files of the table's current version, from its Delta log (none when missing)."""
+    import deltalake
+
+    try:
+        return deltalake.DeltaTable(f"file://{lake / name}").file_uris()
+    except deltalake.exceptions.TableNotFoundError:
+        return []
+
+
 def lake_count(lake: Path, sql: str) -> int:
-    """Run ``sql`` (with {bars} / {forecasts} placeholders) over the lake; 0 when empty."""
-    tables = {
-        "bars": f"read_parquet('{lake}/bars/**/*.parquet', hive_partitioning=true)",
-        "forecasts": f"read_parquet('{lake}/forecasts/**/*.parquet', hive_partitioning=true)",
-    }
-    for name in tables:
-        if f"{{{name}}}" in sql and not list((lake / name).rglob("*.parquet")):
+    """Run ``sql`` (with {bars} / {forecasts} placeholders) over the tables' current versions; 0 when empty."""
+    tables = {}
+    for name in ("bars", "forecasts"):
+        if f"{{{name}}}" not in sql:
+            continue
+        files = table_files(lake, name)
+        if not files:
             return 0
+        tables[name] = f"read_parquet({[f.removeprefix('file://') for f in files]!r}, hive_partitioning=true)"
     return int(duckdb.sql(sql.format(**tables)).fetchall()[0][0])
+
+
+def missing_and_extra_bars(lake: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Sample bars missing from the lake, and lake bars not in the sample, per ticker.
+
+    The replay sends each ticker's bars in time order, resuming after the last one the topic
+    holds, and Kafka keeps a ticker's bars in order; so whatever crashed, the lake must hold,
+    for each ticker, exactly the sample's bars up to the newest one it has.
+    """
+    from tickcast.platform import SAMPLE_FILE
+
+    files = [f.removeprefix("file://") for f in table_files(lake, "bars")]
+    query = f"""
+        with lake as (select ticker, start, close from read_parquet({files!r}, hive_partitioning=true)),
+             sample as (select ticker, start, close from read_parquet('{SAMPLE_FILE}')),
+             newest as (select ticker, max(start) as last from lake group by ticker),
+             expected as (select s.* from sample s join newest n on s.ticker = n.ticker and s.start <= n.last)
+        select 'missing', ticker, cast(start as varchar) from (
+            select ticker, start, close from expected except all select ticker, start, close from lake)
+        union all
+        select 'extra', ticker, cast(start as varchar) from (
+            select ticker, start, close from lake except all select ticker, start, close from expected)
+    """
+    rows = duckdb.sql(query).fetchall()
+    return [(t, s) for kind, t, s in rows if kind == "missing"], [(t, s) for kind, t, s in rows if kind == "extra"]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid``."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def service_pid(state: Path, name: str) -> int:
+    """The pid (and process group) ``tickcast up`` recorded for service ``name``."""
+    from tickcast.infra import process
+
+    record = process.read_pid(state / "run" / f"{name}.pid")
+    assert record is not None and process.pid_alive(record.pid), f"{name} does not run"
+    return record.pid
+
+
+def serve_replica_pid(state: Path) -> int:
+    """The Ray worker process running the forecast Serve replica of this platform."""
+    for pid in descendants(service_pid(state, "serve")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "ServeReplica" in cmd:
+            return pid
+    pytest.fail("no Serve replica process under the serve service")
 
 
 def processes_with(marker: str) -> list[str]:
@@ -134,6 +214,7 @@ def test_readme_up_runs_the_whole_platform_and_resumes(tmp_path: Path) -> None:
         "TICKCAST_DASHBOARD__CONSUMER_URL": f"http://127.0.0.1:{ports['cons']}",
         "TICKCAST_DASHBOARD__FORECASTER_URL": f"http://127.0.0.1:{ports['fcst']}",
         "TICKCAST_CONSUMER__FLUSH_INTERVAL_S": "5",
+        "TICKCAST_PLATFORM__SUPERVISE_INTERVAL_S": "1",
     }
     command = readme_up_command()
     timings: dict[str, float] = {}
@@ -179,10 +260,47 @@ def test_readme_up_runs_the_whole_platform_and_resumes(tmp_path: Path) -> None:
         assert lake_count(lake, "select count(*) from {bars}") > 0
         # one query, one snapshot of the files: the lake grows while the platform runs
         assert lake_count(lake, DUPLICATED_BARS) == 0
+
+        # -- chaos: SIGKILL each part once; the platform recovers by itself -------------
+        def flowing_again(what: str) -> None:
+            """New bars and new forecasts land after ``what`` was killed."""
+            bars = lake_count(lake, "select count(*) from {bars}")
+            forecasts = lake_count(lake, "select count(distinct forecast_id) from {forecasts}")
+            timings[f"recovered_after_{what}_s"] = wait_for(
+                f"bars and forecasts flowing again after killing {what}",
+                lambda: (
+                    lake_count(lake, "select count(*) from {bars}") > bars
+                    and lake_count(lake, "select count(distinct forecast_id) from {forecasts}") > forecasts
+                ),
+                300,
+                proc,
+                log1,
+            )
+
+        for name in ("consumer", "forecaster", "producer", "kafka"):
+            pid = service_pid(state, name)
+            os.killpg(pid, signal.SIGKILL)
+            flowing_again(name)
+            assert service_pid(state, name) != pid, f"{name} was not restarted"
+        replica = serve_replica_pid(state)
+        os.kill(replica, signal.SIGKILL)  # Ray Serve's controller replaces its replica
+        flowing_again("serve-replica")
+        assert serve_replica_pid(state) != replica
+        statuses = json.loads(
+            subprocess.run(
+                [str(ROOT / ".venv" / "bin" / "tickcast"), "status", "--json"], env=env, capture_output=True, text=True
+            ).stdout
+        )
+        restarts = {entry["name"]: (entry["restarts"] or {}).get("restarts") for entry in statuses}
+        for name in ("consumer", "forecaster", "producer", "kafka"):
+            assert restarts[name] >= 1, restarts
+        assert "stopping everything" not in log1.read_text()
     finally:
         stop(proc, log1)
     bars_after_stop = lake_count(lake, "select count(*) from {bars}")
     forecasts_after_stop = lake_count(lake, "select count(distinct forecast_id) from {forecasts}")
+    missing, extra = missing_and_extra_bars(lake)
+    assert not missing and not extra, f"after the kills: missing {missing[:10]}, extra {extra[:10]}"
 
     # -- second run resumes ------------------------------------------------------------
     log2 = tmp_path / "up-2.log"
@@ -210,6 +328,8 @@ def test_readme_up_runs_the_whole_platform_and_resumes(tmp_path: Path) -> None:
     assert duplicated == 0, f"{duplicated} duplicated bars in the lake"
     duplicated = lake_count(lake, DUPLICATED_FORECAST_STEPS)
     assert duplicated == 0, f"{duplicated} duplicated forecast steps in the lake"
+    missing, extra = missing_and_extra_bars(lake)
+    assert not missing and not extra, f"after the restart: missing {missing[:10]}, extra {extra[:10]}"
     total = lake_count(lake, "select count(*) from {bars}")
     steps = lake_count(lake, "select count(*) from {forecasts}")
     (ARTIFACTS / "platform-timings.json").write_text(json.dumps(timings, indent=2))

@@ -51,8 +51,9 @@ VALUE_SETS = {
     "production": CHART / "ci" / "production-values.yaml",
     "minimal": CHART / "ci" / "minimal-values.yaml",
 }
-#: Settings groups the chart does not configure: ``infra`` is the local Kafka/MinIO runner.
-LOCAL_ONLY_GROUPS = {"infra"}
+#: Settings groups the chart does not configure: ``infra`` is the local Kafka/MinIO runner and
+#: ``platform`` the local supervisor (Kubernetes restarts pods itself).
+LOCAL_ONLY_GROUPS = {"infra", "platform"}
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
+import re
 import socket
 import stat
 import sys
@@ -289,6 +291,19 @@ def test_status_of_nothing_running(tmp_path: Path) -> None:
         manager.service("zookeeper")
 
 
+@pytest.fixture
+def restore_root_logger() -> Iterator[None]:
+    """``main`` configures the root logger; put it back so later tests see no trace of it."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in [h for h in root.handlers if h not in handlers]:
+        root.removeHandler(handler)
+        handler.close()
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("restore_root_logger")
 def test_cli_status_exits_non_zero_when_a_service_is_down(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -318,3 +333,90 @@ def test_render_table() -> None:
     assert lines[0].split() == ["SERVICE", "STATE", "PID", "ADDRESS", "LOG"]
     assert lines[1].split() == ["kafka", "healthy", "42", "127.0.0.1:9092", "/s/logs/kafka.log"]
     assert lines[2].split() == ["minio", "disabled", "-", "127.0.0.1:9000", "-"]
+
+
+# A guard for the runner tests: a command waiting on the test gives up after this many
+# 0.02 s naps (30 s) and exits 7, so a runner that never reports fails instead of hanging.
+_GIVE_UP = 'i=0; while [ ! -e "$GO" ]; do i=$((i+1)); [ $i -gt 1500 ] && exit 7; sleep 0.02; done'
+
+
+def test_run_logged_reports_heartbeats_and_logs_the_output(tmp_path: Path) -> None:
+    """Beats come while the command runs; each quotes the tool's newest line once, not again."""
+    go = tmp_path / "go"
+    log_path = tmp_path / "logs" / "build.log"
+    lines: list[str] = []
+
+    def progress(line: str) -> None:
+        lines.append(line)
+        # The command waits for the test: it ends once two beats followed the quoted line.
+        quoted = [i for i, seen in enumerate(lines) if "step one" in seen]
+        if quoted and len(lines) - quoted[0] >= 3:
+            go.touch()
+
+    elapsed = process.run_logged(
+        ["/bin/sh", "-c", f"echo step one; {_GIVE_UP}; echo step two >&2"],
+        what="building a thing",
+        fix="unused",
+        progress=progress,
+        log_path=log_path,
+        env={**os.environ, "GO": str(go)},
+        heartbeat_s=0.1,
+    )
+    assert elapsed > 0
+    assert len(lines) >= 3
+    assert all(line.startswith("  ... still building a thing (") for line in lines), lines
+    # Quoted once when it was new; the beats after it say only the time (the tool is quiet).
+    assert sum("step one" in line for line in lines) == 1, lines
+    assert lines[-1].endswith(" s)"), lines
+    text = log_path.read_text()
+    assert text.startswith("$ /bin/sh -c echo step one")
+    assert "step one\n" in text and "step two\n" in text  # stdout and stderr both
+
+
+def test_run_logged_failure_names_the_log_and_quotes_its_end(tmp_path: Path) -> None:
+    log_path = tmp_path / "build.log"
+    with pytest.raises(InfraError) as info:
+        process.run_logged(
+            ["/bin/sh", "-c", "echo compiling; echo 'error: no space left on device' >&2; exit 3"],
+            what="building a thing",
+            fix="free some disk space",
+            progress=lambda line: None,
+            log_path=log_path,
+        )
+    assert f"building a thing failed (exit code 3); last lines of {log_path}:" in info.value.message
+    assert "error: no space left on device" in info.value.message
+    assert info.value.fix == "free some disk space"
+
+
+def test_run_logged_names_the_signal_that_killed_the_command(tmp_path: Path) -> None:
+    with pytest.raises(InfraError, match=r"building a thing failed \(killed by SIGKILL\)"):
+        process.run_logged(
+            ["/bin/sh", "-c", "kill -KILL $$"],
+            what="building a thing",
+            fix="unused",
+            progress=lambda line: None,
+            log_path=tmp_path / "build.log",
+        )
+
+
+def test_run_logged_stops_the_command_when_interrupted(tmp_path: Path) -> None:
+    """Ctrl-C during a build (here: raised by the progress callback) leaves no build behind."""
+    log_path = tmp_path / "build.log"
+
+    def progress(line: str) -> None:
+        if re.search(r"child=\d+", log_path.read_text()):  # the command has started and said who it is
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        process.run_logged(
+            ["/bin/sh", "-c", f"printf 'child=%s\\n' $$; {_GIVE_UP}"],
+            what="building a thing",
+            fix="unused",
+            progress=progress,
+            log_path=log_path,
+            env={**os.environ, "GO": str(tmp_path / "never")},
+            heartbeat_s=0.1,
+        )
+    found = re.search(r"child=(\d+)", log_path.read_text())
+    assert found is not None
+    assert not process.pid_alive(int(found.group(1)))

@@ -270,19 +270,25 @@ class KafkaServer(LocalService):
             # Run Maven on a copy of the pom, so nothing is written next to the installed package.
             shutil.copy2(POM_PATH, build / "pom.xml")
             out = build / "libs"
-            self.progress(f"kafka: resolving Apache Kafka {KAFKA_VERSION} jars with Maven (one time, ~10-60 s)...")
-            process.run_logged(
-                [mvn, "-q", "-B", "-f", str(build / "pom.xml"), "dependency:copy-dependencies",
+            mvn_log = self.home / "mvn.log"
+            self.progress(
+                f"kafka: fetching Apache Kafka {KAFKA_VERSION} jars with Maven (first time only: about 10-60 s, "
+                f"longer on a slow network); Maven's output goes to {mvn_log}"
+            )
+            # Batch mode without -q: the log then lists each jar as it is fetched, which the
+            # heartbeat quotes, and which tells a person reading the log how far it got.
+            elapsed = process.run_logged(
+                [mvn, "-B", "-f", str(build / "pom.xml"), "dependency:copy-dependencies",
                  f"-DoutputDirectory={out}", "-DincludeScope=runtime"],
-                what="resolving Kafka's jars with Maven",
+                what="fetching Kafka's jars with Maven",
                 fix="check the Maven output; Maven needs to reach its repository (or a mirror in ~/.m2/settings.xml)",
                 progress=self.progress,
                 cwd=build,
                 env=inherited_env({}),
-                log_path=self.home / "mvn.log",
+                log_path=mvn_log,
             )  # fmt: skip
             if not any(out.glob("kafka_2.13-*.jar")):
-                raise InfraError(f"Maven finished but {out} holds no kafka_2.13 jar", f"see {self.home / 'mvn.log'}")
+                raise InfraError(f"Maven finished but {out} holds no kafka_2.13 jar", f"see {mvn_log}")
             if any(out.glob("slf4j-api-1.*.jar")) and not any(out.glob("log4j-slf4j-impl-*.jar")):
                 # slf4j 1.x finds no log4j binding (log4j-slf4j2-impl serves slf4j 2.x only).
                 self.progress(
@@ -296,7 +302,7 @@ class KafkaServer(LocalService):
                 self.libs.rename(old)
             out.rename(self.libs)
             shutil.rmtree(old, ignore_errors=True)
-            self.progress(f"kafka: {len(list(self.libs.glob('*.jar')))} jars in {self.libs}")
+            self.progress(f"kafka: {len(list(self.libs.glob('*.jar')))} jars in {self.libs} ({elapsed:.0f} s)")
         finally:
             shutil.rmtree(build, ignore_errors=True)
 

@@ -70,10 +70,12 @@ class MinioServer(LocalService):
         staging = self.home / f"build-{uuid.uuid4().hex[:8]}"
         staging.mkdir()
         try:
+            build_log = self.home / "go-install.log"
             self.progress(
-                f"minio: building MinIO from its Go module {MINIO_MODULE}@{MINIO_VERSION} (one time, a few minutes)..."
+                f"minio: building MinIO {MINIO_VERSION} from its Go module (first time only: a few minutes "
+                f"on 2 cores, mostly compiling); the build's output goes to {build_log}"
             )
-            process.run_logged(
+            elapsed = process.run_logged(
                 [go, "install", f"{MINIO_MODULE}@{MINIO_VERSION}"],
                 what="building MinIO with go install",
                 fix=f"check the build output; Go needs to reach its module proxy, and {_GO_FIX}",
@@ -81,11 +83,11 @@ class MinioServer(LocalService):
                 cwd=staging,
                 # GOBIN puts the binary in the staging folder, renamed into place when done.
                 env=inherited_env({"GOBIN": str(staging)}),
-                log_path=self.home / "go-install.log",
+                log_path=build_log,
             )
             self.binary.parent.mkdir(parents=True, exist_ok=True)
             (staging / "minio").replace(self.binary)
-            self.progress(f"minio: built {self.binary}")
+            self.progress(f"minio: built {self.binary} in {elapsed:.0f} s")
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 

@@ -33,6 +33,8 @@ LOG_ROTATE_BYTES = 32 * 1024 * 1024
 # Children this interpreter started; polling them through Popen reaps them, so a stopped
 # service does not linger as a zombie that still answers ``kill(pid, 0)``.
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+# How those children ended (Popen's returncode: negative for a signal), for ``exit_reason``.
+_EXIT_CODES: dict[int, int] = {}
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ def pid_alive(pid: int) -> bool:
     if child is not None:
         if child.poll() is None:
             return True
+        _EXIT_CODES[pid] = child.returncode
         _CHILDREN.pop(pid, None)
         return False
     try:
@@ -283,27 +286,70 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+#: Seconds between "still running" lines of :func:`run_logged`: often enough that a person
+#: watching a first-time build sees it is alive, rare enough not to bury the other lines.
+HEARTBEAT_S = 20.0
+
+
+def _last_line(log_path: Path, width: int = 100) -> str:
+    """The last non-empty line of a log, at most ``width`` characters ('' if none).
+
+    A long line keeps its end: for a download that is the file name and the size.
+    """
+    lines = [line.strip() for line in log_tail(log_path, 5).splitlines() if line.strip()]
+    if not lines:
+        return ""
+    last = lines[-1]
+    return last if len(last) <= width else "..." + last[-(width - 3) :]
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1
+
+
+def describe_exit(returncode: int) -> str:
+    """Popen's return code in words: ``exit code 3``, ``killed by SIGKILL``."""
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
+
+
 def run_logged(
     argv: Sequence[str],
     *,
     what: str,
     fix: str,
     progress: Callable[[str], None],
+    log_path: Path,
     cwd: Path | None = None,
     env: Mapping[str, str] | None = None,
-    heartbeat_s: float = 30.0,
-    log_path: Path | None = None,
-) -> None:
-    """Run a one-off build command, reporting progress every ``heartbeat_s`` seconds.
+    heartbeat_s: float = HEARTBEAT_S,
+) -> float:
+    """Run a one-off command (a build, a download) with its output in ``log_path``.
+
+    The command's stdout and stderr go to ``log_path`` (replaced, headed by the command
+    line), not to the console: a build prints thousands of lines. Every ``heartbeat_s``
+    seconds ``progress`` gets one line, ``"  ... still <what> (45 s): <last log line>"``, so
+    a long first-time step never looks hung. ``argv`` is written to the log, so it must hold
+    no secret (pass those in ``env``).
+
+    Returns:
+        The seconds the command took.
 
     Raises:
-        InfraError: when the command fails, with the end of its output.
+        InfraError: when the command fails, naming the log and quoting its last lines.
     """
     started = time.monotonic()
-    output_path = log_path or Path(os.devnull)
-    if log_path is not None:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-    with output_path.open("wb") as out:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as out:
+        out.write(f"$ {' '.join(argv)}\n# started {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n".encode())
+        out.flush()
         proc = subprocess.Popen(
             list(argv),
             cwd=cwd,
@@ -312,13 +358,41 @@ def run_logged(
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-        next_beat = started + heartbeat_s
-        while proc.poll() is None:
-            time.sleep(0.5)
-            if time.monotonic() >= next_beat:
-                progress(f"  ... still {what} ({time.monotonic() - started:.0f} s)")
-                next_beat += heartbeat_s
+        try:
+            next_beat = started + heartbeat_s
+            seen_size = _file_size(log_path)
+            while True:
+                try:
+                    # Wakes at once when the command ends, else at the next heartbeat.
+                    proc.wait(timeout=max(0.0, next_beat - time.monotonic()))
+                    break
+                except subprocess.TimeoutExpired:
+                    # Quote the tool's latest line only when it is new: a compile step prints
+                    # nothing for minutes, and repeating an old "downloading X" would mislead.
+                    size = _file_size(log_path)
+                    last = _last_line(log_path) if size != seen_size else ""
+                    seen_size = size
+                    elapsed = time.monotonic() - started
+                    progress(f"  ... still {what} ({elapsed:.0f} s){': ' + last if last else ''}")
+                    next_beat += heartbeat_s
+        except BaseException:
+            # Ctrl-C (or a failing progress callback): do not leave the build running behind us.
+            proc.kill()
+            proc.wait()
+            raise
     if proc.returncode != 0:
-        tail = log_tail(log_path, 30) if log_path else ""
-        where = f"; output in {log_path}:\n{tail}" if log_path else ""
-        raise InfraError(f"{what} failed (exit {proc.returncode}){where}", fix)
+        raise InfraError(
+            f"{what} failed ({describe_exit(proc.returncode)}); last lines of {log_path}:\n{log_tail(log_path, 30)}",
+            fix,
+        )
+    return time.monotonic() - started
+
+
+def exit_reason(pid: int) -> str | None:
+    """How a service this interpreter started ended (``exit code 1``, ``killed by SIGKILL``).
+
+    None when unknown: the process was started by another ``tickcast`` process, or still runs.
+    """
+    if pid_alive(pid) or pid not in _EXIT_CODES:
+        return None
+    return describe_exit(_EXIT_CODES[pid])
