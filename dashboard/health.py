@@ -13,8 +13,10 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from serving.streaming.metrics import BAR_END_TO_FORECAST, INGEST_TO_FORECAST
 from tickcast.settings import Settings
 
 #: (labels, value) pairs per sample name (``..._total``, ``..._bucket``, ``..._count`` ...).
@@ -220,18 +222,38 @@ def rates(
     return out
 
 
+#: Producer sources whose bars arrive as the market makes them. The others replay history
+#: (``replay``, ``polygon-rest`` backfills) or invent its timestamps (``synthetic``), so
+#: latency from a bar's end would measure the bars' age, not the platform.
+LIVE_SOURCES = frozenset({"polygon-ws"})
+
+
 @dataclass
 class PipelineStats:
-    """The figures of the pipeline page."""
+    """The figures of the pipeline page.
+
+    ``ingest_to_forecast_*``: from a bar's Kafka record timestamp to its forecast acknowledged
+    by Kafka, the platform's own latency. ``bar_end_to_forecast_*``: from the bar's end (market
+    time); only filled when the producer's source is live (``live_source``), since a replay
+    makes it the age of the replayed bars. ``latency_ceiling_s``: the ingest histogram's top
+    finite bucket bound (``bar_end_ceiling_s`` the other's); a quantile equal to it means "at
+    least that".
+    """
 
     consumer_lag: float | None = None
     commit_lag_p95_s: float | None = None
     producer_lag_s: float | None = None
     dlq_records: float | None = None
     rejected_by_producer: float | None = None
-    bar_to_forecast_p50_s: float | None = None
-    bar_to_forecast_p95_s: float | None = None
-    bar_to_forecast_mean_s: float | None = None
+    producer_source: str | None = None
+    live_source: bool | None = None
+    ingest_to_forecast_p50_s: float | None = None
+    ingest_to_forecast_p95_s: float | None = None
+    ingest_to_forecast_mean_s: float | None = None
+    latency_ceiling_s: float | None = None
+    bar_end_to_forecast_p50_s: float | None = None
+    bar_end_to_forecast_p95_s: float | None = None
+    bar_end_ceiling_s: float | None = None
     serve_request_p95_s: float | None = None
     inference_p95_s: float | None = None
     circuit_open: bool | None = None
@@ -250,15 +272,23 @@ def pipeline_stats(probes: dict[str, Probe]) -> PipelineStats:
     producer, consumer = _metrics_of(probes, "producer"), _metrics_of(probes, "consumer")
     forecaster, serve = _metrics_of(probes, "forecaster"), _metrics_of(probes, "serve")
     circuit = metric_total(forecaster, "tickcast_forecaster_serve_circuit_open")
+    source = producer_source(probes.get("producer"))
+    live = None if source is None else source in LIVE_SOURCES
     stats = PipelineStats(
         consumer_lag=metric_total(consumer, "tickcast_sink_consumer_lag"),
         commit_lag_p95_s=histogram_quantile(consumer, "tickcast_sink_commit_lag_seconds", 0.95),
-        producer_lag_s=_max(producer, "tickcast_producer_lag_seconds"),
+        producer_lag_s=_max(producer, "tickcast_producer_lag_seconds") if live else None,
         dlq_records=metric_total(consumer, "tickcast_sink_dlq_records_total"),
         rejected_by_producer=metric_total(producer, "tickcast_producer_bars_rejected_total"),
-        bar_to_forecast_p50_s=histogram_quantile(forecaster, "tickcast_forecaster_bar_to_forecast_seconds", 0.5),
-        bar_to_forecast_p95_s=histogram_quantile(forecaster, "tickcast_forecaster_bar_to_forecast_seconds", 0.95),
-        bar_to_forecast_mean_s=histogram_mean(forecaster, "tickcast_forecaster_bar_to_forecast_seconds"),
+        producer_source=source,
+        live_source=live,
+        ingest_to_forecast_p50_s=histogram_quantile(forecaster, INGEST_TO_FORECAST, 0.5),
+        ingest_to_forecast_p95_s=histogram_quantile(forecaster, INGEST_TO_FORECAST, 0.95),
+        ingest_to_forecast_mean_s=histogram_mean(forecaster, INGEST_TO_FORECAST),
+        latency_ceiling_s=histogram_ceiling(forecaster, INGEST_TO_FORECAST),
+        bar_end_to_forecast_p50_s=histogram_quantile(forecaster, BAR_END_TO_FORECAST, 0.5) if live else None,
+        bar_end_to_forecast_p95_s=histogram_quantile(forecaster, BAR_END_TO_FORECAST, 0.95) if live else None,
+        bar_end_ceiling_s=histogram_ceiling(forecaster, BAR_END_TO_FORECAST),
         serve_request_p95_s=histogram_quantile(forecaster, "tickcast_forecaster_serve_request_seconds", 0.95),
         inference_p95_s=histogram_quantile(serve, "tickcast_serving_inference_seconds", 0.95),
         circuit_open=None if circuit is None else circuit > 0,
@@ -267,6 +297,70 @@ def pipeline_stats(probes: dict[str, Probe]) -> PipelineStats:
     )
     stats.model_scores = model_scores(forecaster)
     return stats
+
+
+def producer_source(probe: Probe | None) -> str | None:
+    """The producer's bar source: what its ``/healthz`` says, else the ``source`` label of its
+    bar counter (a producer whose health endpoint is elsewhere); None when it is unknown."""
+    if probe is None:
+        return None
+    named = probe.health.get("source")
+    if isinstance(named, str) and named:
+        return named
+    sources = {lab.get("source") for lab, _ in (probe.metrics or {}).get("tickcast_producer_bars_out_total", [])}
+    sources.discard(None)
+    return next(iter(sources)) if len(sources) == 1 else None
+
+
+def histogram_ceiling(metrics: Metrics | None, name: str) -> float | None:
+    """The largest finite bucket bound of histogram ``name``: quantiles beyond it read as it."""
+    if not metrics or f"{name}_bucket" not in metrics:
+        return None
+    bounds = [float(labels.get("le", "inf")) for labels, _ in metrics[f"{name}_bucket"]]
+    finite = [b for b in bounds if math.isfinite(b)]
+    return max(finite) if finite else None
+
+
+@dataclass(frozen=True)
+class RestartRow:
+    """One row of the Pipeline page's restart table."""
+
+    service: str
+    restarts: int
+    last_exit: str
+    state: str
+    last_restart_at: str
+
+
+def restart_rows(state_dir: Path | str) -> list[RestartRow]:
+    """The restarts ``tickcast up`` recorded in ``state_dir``, one row per supervised service.
+
+    Empty when nothing supervises this state folder (the services were started one by one,
+    or run on Kubernetes, whose own restart counts are in ``kubectl get pods``).
+    """
+    from tickcast.restarts import read_restarts
+
+    return [
+        RestartRow(
+            service=record.service,
+            restarts=record.restarts,
+            last_exit=record.last_exit or "–",
+            state=record.state,
+            last_restart_at=record.last_restart_at or "–",
+        )
+        for record in read_restarts(state_dir).values()
+    ]
+
+
+def format_latency(value: float | None, ceiling: float | None) -> str:
+    """A latency quantile in seconds with millisecond digits (``0.042 s``, ``1.250 s``), one unit
+    whatever the size so it reads (and parses) alike; ``> 120 s`` when the quantile reached the
+    histogram's top finite bucket, where the estimate is only a lower bound; ``–`` when unknown."""
+    if value is None or not math.isfinite(value):
+        return "–"
+    if ceiling is not None and value >= ceiling:
+        return f"> {ceiling:g} s"
+    return f"{value:.3f} s"
 
 
 def _max(metrics: Metrics | None, name: str) -> float | None:

@@ -210,7 +210,8 @@ class ForecasterService:
         self._observability: ObservabilityServer | None = None
         self._started = False
         self.stats = RunStats()
-        #: (bar_to_forecast_s, produce_to_forecast_s) per published forecast, filled by Kafka's ack thread.
+        #: (bar_end_to_forecast_s, ingest_to_forecast_s) per published forecast, filled by Kafka's
+        #: ack thread; the second is None for catch-up forecasts of bars read from the lake.
         self.latencies: deque[tuple[float, float | None]] = deque(maxlen=LATENCY_SAMPLES)
         self.m = metrics()
 
@@ -635,14 +636,30 @@ class ForecasterService:
             self.stats.forecasts += 1
 
     def _acked(self, bar_end: float, produced_at: float | None, _metadata: Any) -> None:
-        # runs on the producer's I/O thread: histograms and deque appends are thread-safe
+        """Record a forecast's latencies at the moment it became available: Kafka acknowledged it
+        on the forecasts topic (acks=all), so any consumer of that topic can read it. The lake
+        has it up to ``lake_flush_interval_s`` later.
+
+        Two figures, both in wall-clock seconds:
+
+        - ingest to forecast: from the bar's Kafka record timestamp (CreateTime, which the
+          producer's client sets when it sends the bar) to now. This is the platform's own
+          latency, meaningful for replays and live feeds alike. Clamped at 0: only clock skew
+          between the producer's host and this one can make it negative. Absent for catch-up
+          forecasts of bars read from the lake (no record of theirs was consumed);
+        - bar end to forecast: from the bar's end (start + interval, market time) to now; for
+          live sources, what a trader waits after the bar closes. A replay of old bars makes
+          it their age, so the dashboard shows it only for live sources.
+
+        Runs on the producer's I/O thread: histograms and deque appends are thread-safe.
+        """
         now = time.time()
         self.m.forecasts_published.inc()
-        self.m.bar_to_forecast.observe(now - bar_end)
-        produce = None if produced_at is None else now - produced_at
-        if produce is not None:
-            self.m.produce_to_forecast.observe(produce)
-        self.latencies.append((now - bar_end, produce))
+        self.m.bar_end_to_forecast.observe(now - bar_end)
+        ingest = None if produced_at is None else max(0.0, now - produced_at)
+        if ingest is not None:
+            self.m.ingest_to_forecast.observe(ingest)
+        self.latencies.append((now - bar_end, ingest))
 
     # -- lake and commits --------------------------------------------------------------------
     def safe_offsets(self) -> dict[tuple[str, int], int]:

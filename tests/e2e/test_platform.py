@@ -22,8 +22,10 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import duckdb
+import numpy as np
 import pytest
 from conftest import free_port
 
@@ -167,18 +169,7 @@ def dashboard_shows_forecast(url: str, screenshot: Path) -> bool:
     from dashboard.charts import BAND_NAME
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            args=[
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
+        browser = chromium(pw)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(url, wait_until="domcontentloaded", timeout=60_000)
@@ -191,6 +182,82 @@ def dashboard_shows_forecast(url: str, screenshot: Path) -> bool:
             return True
         finally:
             browser.close()
+
+
+def chromium(pw: Any) -> Any:
+    """Headless Chromium from Debian's package, quiet on the network."""
+    return pw.chromium.launch(
+        executable_path="/usr/bin/chromium",
+        args=[
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+        ],
+    )
+
+
+def pipeline_latency(url: str, screenshot: Path) -> dict[str, str]:
+    """The Pipeline page's Kafka-ingest-to-forecast figures as shown, e.g. {"p50": "0.412 s"}."""
+    from playwright.sync_api import sync_playwright
+
+    from dashboard.views.pipeline import INGEST_P50, INGEST_P95
+
+    with sync_playwright() as pw:
+        browser = chromium(pw)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1600})
+            page.goto(f"{url}/pipeline", wait_until="domcontentloaded", timeout=60_000)
+            shown = {}
+            for key, label in (("p50", INGEST_P50), ("p95", INGEST_P95)):
+                metric = page.locator('[data-testid="stMetric"]', has_text=label).first
+                metric.wait_for(timeout=60_000)
+                shown[key] = metric.locator('[data-testid="stMetricValue"]').inner_text().strip()
+            page.screenshot(path=str(screenshot), full_page=True)
+            return shown
+        finally:
+            browser.close()
+
+
+def kafka_ingest_to_forecast_s(bootstrap: str) -> list[float]:
+    """Per forecast on the ``forecasts`` topic: its record's Kafka timestamp minus its bar's.
+
+    Both timestamps are CreateTime, set by the client at send: the producer's for the bar, the
+    forecaster's for the forecast (a few ms before Kafka acknowledged it, which is the moment
+    the forecaster's histogram uses).
+    """
+    from kafka import KafkaConsumer, TopicPartition
+
+    from tickcast.contracts import Bar, Forecast, to_iso
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        records: dict[str, list[Any]] = {}
+        for topic in ("bars", "forecasts"):
+            parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+            consumer.assign(parts)
+            consumer.seek_to_beginning(*parts)
+            end = consumer.end_offsets(parts)
+            records[topic] = []
+            while any(consumer.position(tp) < end[tp] for tp in parts):
+                for batch in consumer.poll(timeout_ms=1000).values():
+                    records[topic].extend(batch)
+    finally:
+        consumer.close()
+    entered: dict[tuple[str, str], int] = {}
+    for record in records["bars"]:
+        bar = Bar.from_json(record.value, validate=False)
+        entered.setdefault((bar.ticker, to_iso(bar.start)), record.timestamp)
+    latencies = []
+    for record in records["forecasts"]:
+        forecast = Forecast.from_json(record.value)
+        sent = entered.get((forecast.ticker, to_iso(forecast.last_bar_start)))
+        if sent is not None:
+            latencies.append(max(0.0, (record.timestamp - sent) / 1000))
+    return latencies
 
 
 def test_readme_up_runs_the_whole_platform_and_resumes(tmp_path: Path) -> None:
@@ -257,6 +324,21 @@ def test_readme_up_runs_the_whole_platform_and_resumes(tmp_path: Path) -> None:
                 break
             time.sleep(5)
         assert shown, "the dashboard never drew the forecast band"
+
+        # -- the Pipeline page's latency is what the Kafka timestamps say ---------------
+        page = pipeline_latency(dashboard, ARTIFACTS / "platform-pipeline.png")
+        measured = kafka_ingest_to_forecast_s(f"127.0.0.1:{ports['kafka']}")
+        assert measured, "no forecast on the forecasts topic matches a bar"
+        for key, q in (("p50", 50), ("p95", 95)):
+            shown_s = float(page[key].removesuffix(" s"))
+            truth = float(np.percentile(measured, q))
+            timings[f"pipeline_ingest_to_forecast_{key}_s"] = shown_s
+            timings[f"kafka_ingest_to_forecast_{key}_s"] = truth
+            # The page interpolates inside the histogram bucket holding the quantile, and no
+            # bucket's upper bound exceeds 1.5x its lower one. 0.05 s absorbs the forecasts
+            # made between reading the page and reading the topics (about one a second) and
+            # the milliseconds between a forecast's send and its acknowledgement.
+            assert truth / 1.5 - 0.05 <= shown_s <= truth * 1.5 + 0.05, (key, page, truth, len(measured))
         assert lake_count(lake, "select count(*) from {bars}") > 0
         # one query, one snapshot of the files: the lake grows while the platform runs
         assert lake_count(lake, DUPLICATED_BARS) == 0
@@ -295,6 +377,8 @@ def test_readme_up_runs_the_whole_platform_and_resumes(tmp_path: Path) -> None:
         for name in ("consumer", "forecaster", "producer", "kafka"):
             assert restarts[name] >= 1, restarts
         assert "stopping everything" not in log1.read_text()
+        # The restarts as the Pipeline page shows them (an artifact for people to look at).
+        pipeline_latency(dashboard, ARTIFACTS / "platform-pipeline-after-chaos.png")
     finally:
         stop(proc, log1)
     bars_after_stop = lake_count(lake, "select count(*) from {bars}")

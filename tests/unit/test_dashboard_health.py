@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -94,7 +95,9 @@ def test_probe_all(services: tuple[Settings, ObservabilityServer]) -> None:
     counters = health.counters(probes)
     assert counters["producer bars/s"] is not None and counters["forecasts/s"] is None
     stats = health.pipeline_stats(probes)
-    assert stats.bar_to_forecast_p95_s is None and stats.model_scores == []
+    assert stats.ingest_to_forecast_p95_s is None and stats.model_scores == []
+    # the producer answered with source "test": not a live source, so no bar-end latency
+    assert stats.producer_source == "test" and stats.live_source is False
     models, problem = health.serve_models(settings, 1.0)
     assert models == [] and problem and "refused" in problem
 
@@ -111,3 +114,99 @@ def test_formatting() -> None:
     assert health.format_seconds(0.0421) == "42 ms"
     assert health.format_seconds(2.5) == "2.50 s"
     assert health.format_number(12345.678, 1) == "12,345.7"
+    assert health.format_latency(0.0421, 120.0) == "0.042 s"
+    assert health.format_latency(119.9, 120.0) == "119.900 s"
+    assert health.format_latency(120.0, 120.0) == "> 120 s"  # the top bucket only bounds it from below
+    assert health.format_latency(None, 120.0) == "–"
+
+
+def probe_of(registry: CollectorRegistry, name: str = "forecaster") -> health.Probe:
+    """A healthy probe whose metrics are ``registry``'s, as ``/metrics`` would expose them."""
+    metrics = health.parse_metrics(generate_latest(registry).decode())
+    return health.Probe(name, f"http://{name}", True, "healthy", metrics=metrics)
+
+
+def latency_histograms(registry: CollectorRegistry) -> tuple[Histogram, Histogram]:
+    """The forecaster's two latency histograms, with its names and buckets, in ``registry``."""
+    from serving.streaming.metrics import (
+        BAR_END_BUCKETS,
+        BAR_END_TO_FORECAST,
+        INGEST_TO_FORECAST,
+        LATENCY_BUCKETS,
+    )
+
+    ingest = Histogram(INGEST_TO_FORECAST, "i", buckets=LATENCY_BUCKETS, registry=registry)
+    bar_end = Histogram(BAR_END_TO_FORECAST, "b", buckets=BAR_END_BUCKETS, registry=registry)
+    return ingest, bar_end
+
+
+def test_latency_quantiles_from_the_forecaster_buckets_track_the_true_ones() -> None:
+    import numpy as np
+
+    from serving.streaming.metrics import LATENCY_BUCKETS
+
+    registry = CollectorRegistry()
+    ingest, bar_end = latency_histograms(registry)
+    # ingest-to-forecast as the sample replay shows it: a median of about 0.3 s, a tail past 1 s
+    latencies = np.random.default_rng(7).lognormal(mean=np.log(0.3), sigma=0.8, size=5000)
+    for value in latencies:
+        ingest.observe(float(value))
+    # the replay's bars ended years ago: their market-time latency is their age
+    for _ in range(10):
+        bar_end.observe(3 * 365 * 86400.0)
+    producer = health.Probe("producer", "http://producer", True, "healthy", health={"source": "replay"})
+    stats = health.pipeline_stats({"producer": producer, "forecaster": probe_of(registry)})
+
+    assert stats.latency_ceiling_s == LATENCY_BUCKETS[-1]
+    bounds = (0.0, *LATENCY_BUCKETS)
+    for q, estimate in ((0.5, stats.ingest_to_forecast_p50_s), (0.95, stats.ingest_to_forecast_p95_s)):
+        true = float(np.quantile(latencies, q))
+        # linear interpolation inside a bucket is off by at most that bucket's width
+        upper = next(i for i, b in enumerate(bounds) if b >= true)
+        width = bounds[upper] - bounds[upper - 1]
+        assert estimate is not None and abs(estimate - true) <= width, (q, estimate, true, width)
+        assert estimate < LATENCY_BUCKETS[-1]  # not pinned to the top bucket
+    assert stats.ingest_to_forecast_mean_s == pytest.approx(float(latencies.mean()))
+    # a replay: no bar-end figure, and no producer lag (both would be the bars' age)
+    assert stats.live_source is False and stats.producer_source == "replay"
+    assert stats.bar_end_to_forecast_p50_s is None and stats.producer_lag_s is None
+
+
+def test_bar_end_latency_is_shown_for_a_live_source() -> None:
+    registry = CollectorRegistry()
+    _, bar_end = latency_histograms(registry)
+    for value in [2.0] * 50 + [20.0] * 50:  # live minute bars: a few seconds after their end
+        bar_end.observe(value)
+    for source in ("polygon-ws", "replay", None):
+        producer_registry = CollectorRegistry()
+        if source is not None:  # the source from the producer's bar counter (no /healthz source)
+            Counter("tickcast_producer_bars_out", "o", ["source"], registry=producer_registry).labels(source).inc()
+        producer = probe_of(producer_registry, "producer")
+        stats = health.pipeline_stats({"producer": producer, "forecaster": probe_of(registry)})
+        assert stats.producer_source == source
+        if source == "polygon-ws":
+            assert stats.live_source is True
+            assert stats.bar_end_to_forecast_p50_s == pytest.approx(2.0)  # the top of the (1.5, 2] bucket
+            assert stats.bar_end_to_forecast_p95_s == pytest.approx(15 + 5 * 0.9)  # 90% into (15, 20]
+        else:
+            assert stats.bar_end_to_forecast_p50_s is None
+
+
+def test_restart_rows_read_what_up_records(tmp_path: Path) -> None:
+    from tickcast.restarts import RestartRecord, write_restarts
+
+    assert health.restart_rows(tmp_path) == []  # nothing supervises this state folder
+    write_restarts(
+        tmp_path,
+        {
+            "kafka": RestartRecord("kafka"),
+            "consumer": RestartRecord(
+                "consumer", 2, "killed by SIGKILL", "2026-01-05T10:00:00+00:00", "backing off", [1.0, 2.0]
+            ),
+        },
+    )
+    rows = {row.service: row for row in health.restart_rows(tmp_path)}
+    assert rows["kafka"] == health.RestartRow("kafka", 0, "–", "running", "–")
+    assert rows["consumer"] == health.RestartRow(
+        "consumer", 2, "killed by SIGKILL", "backing off", "2026-01-05T10:00:00+00:00"
+    )

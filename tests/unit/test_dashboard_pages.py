@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 from dashboard_lake import MODEL_ID, MODEL_VERSION, write_backtest_report, write_sample
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from streamlit.testing.v1 import AppTest
 
 from dashboard.charts import BAND_NAME
+from dashboard.views.pipeline import BAR_END_P50, BAR_END_P95, INGEST_P50, INGEST_P95
 from tickcast.contracts import Forecast
 from tickcast.lake import Lake
 from tickcast.settings import load_settings
@@ -46,6 +51,8 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lake]:
         "TICKCAST_DASHBOARD__PROBE_TIMEOUT_S": "0.5",
         "TICKCAST_DASHBOARD__REFRESH_S": "3600",
         "AWS_EC2_METADATA_DISABLED": "true",
+        # restart counts are read from here: never the checkout's own .tickcast
+        "TICKCAST_INFRA__STATE_DIR": str(tmp_path / "state"),
     }
     for key, value in values.items():
         monkeypatch.setenv(key, value)
@@ -282,7 +289,99 @@ def test_pipeline_with_everything_down(env: Lake) -> None:
     assert "No service answers" in texts(at, "info")
     assert "did not list its models" in texts(at, "info")
     assert metrics(at)["Consumer lag"] == "–"
+    assert metrics(at)[INGEST_P50] == metrics(at)[INGEST_P95] == "–"
+    assert BAR_END_P50 not in metrics(at)
     assert texts(at, "markdown").count(":red[● down]") >= 5  # four services and Kafka
+    # nothing supervises this state folder: one line, no table
+    assert "No restarts recorded" in texts(at, "caption")
+    assert not at.dataframe
+
+
+@contextmanager
+def metrics_endpoint(registry: CollectorRegistry, health: dict[str, Any]) -> Iterator[str]:
+    """A service's ``/healthz`` (``health``) and ``/metrics`` (``registry``) over real HTTP; yields its URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.startswith("/metrics"):
+                body, ctype = generate_latest(registry), CONTENT_TYPE_LATEST
+            else:
+                body, ctype = json.dumps({"ok": True, **health}).encode(), "application/json"
+            self.send_response(200)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def forecaster_registry() -> CollectorRegistry:
+    """The forecaster's latency histograms (its names and buckets) with known observations."""
+    from serving.streaming.metrics import BAR_END_BUCKETS, BAR_END_TO_FORECAST, INGEST_TO_FORECAST, LATENCY_BUCKETS
+
+    registry = CollectorRegistry()
+    ingest = Histogram(INGEST_TO_FORECAST, "i", buckets=LATENCY_BUCKETS, registry=registry)
+    bar_end = Histogram(BAR_END_TO_FORECAST, "b", buckets=BAR_END_BUCKETS, registry=registry)
+    for value in [0.08] * 50 + [0.35] * 50:
+        ingest.observe(value)
+    for value in [1.2] * 50 + [2.2] * 50:
+        bar_end.observe(value)
+    return registry
+
+
+@pytest.mark.parametrize("source", ["replay", "polygon-ws"])
+def test_pipeline_shows_ingest_latency_and_bar_end_latency_only_when_live(
+    env: Lake, monkeypatch: pytest.MonkeyPatch, source: str
+) -> None:
+    with (
+        metrics_endpoint(forecaster_registry(), {}) as forecaster,
+        metrics_endpoint(CollectorRegistry(), {"source": source}) as producer,
+    ):
+        monkeypatch.setenv("TICKCAST_DASHBOARD__FORECASTER_URL", forecaster)
+        monkeypatch.setenv("TICKCAST_DASHBOARD__PRODUCER_URL", producer)
+        at = run_page("pipeline")
+    shown = metrics(at)
+    # 50 of 100 in (0.075, 0.1]: the median is that bucket's top; the 95th is 90% into (0.3, 0.4]
+    assert shown[INGEST_P50] == "0.100 s" and shown[INGEST_P95] == "0.390 s"
+    assert "From Kafka ingest to forecast" in texts(at, "caption")
+    if source == "replay":
+        assert BAR_END_P50 not in shown and "Producer lag" not in shown
+        assert "shown for live sources only" in texts(at, "caption") and "`replay`" in texts(at, "caption")
+    else:
+        # the top of (1, 1.25]; 90% into (2, 2.5]
+        assert shown[BAR_END_P50] == "1.250 s" and shown[BAR_END_P95] == "2.450 s"
+        assert "shown for live sources only" not in texts(at, "caption")
+
+
+def test_pipeline_shows_the_restarts_up_recorded(env: Lake) -> None:
+    from tickcast.restarts import RestartRecord, write_restarts
+    from tickcast.settings import load_settings as settings_now
+
+    write_restarts(
+        settings_now().infra.state_dir,
+        {
+            "kafka": RestartRecord("kafka"),
+            "consumer": RestartRecord("consumer", 3, "killed by SIGKILL", "2026-01-05T10:00:00+00:00", "running"),
+        },
+    )
+    at = run_page("pipeline")
+    (table,) = at.dataframe
+    frame = table.value
+    assert list(frame.columns) == ["service", "restarts", "last exit", "state", "last restart (UTC)"]
+    rows = {row["service"]: row for row in frame.to_dict("records")}
+    assert rows["consumer"]["restarts"] == 3 and rows["consumer"]["last exit"] == "killed by SIGKILL"
+    assert rows["kafka"]["restarts"] == 0 and rows["kafka"]["state"] == "running"
+    assert "No restarts recorded" not in texts(at, "caption")
 
 
 def test_pipeline_with_a_live_service(env: Lake, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -195,3 +195,51 @@ def test_warm_start_reads_context_pending_forecasts_and_scores_from_the_lake(tmp
     (window,) = service.scorer.ticker_aggregates()
     assert window.steps == len(scores) == 6
     service.close()
+
+
+def test_latency_is_measured_from_the_kafka_record_timestamp_and_from_the_bar_end(tmp_path: Path) -> None:
+    from prometheus_client import REGISTRY
+
+    def sample(name: str) -> float:
+        return REGISTRY.get_sample_value(name) or 0.0
+
+    ingest, bar_end = (
+        "tickcast_forecaster_ingest_to_forecast_seconds",
+        "tickcast_forecaster_bar_end_to_forecast_seconds",
+    )
+    service = make(tmp_path)
+    before = {n: (sample(f"{n}_sum"), sample(f"{n}_count")) for n in (ingest, bar_end)}
+    # the bar entered Kafka 1.5 s ago (its record timestamp); it ended years ago (market time)
+    sent_before = time.time()
+    tp, rec = record(0, 0, bar("AAPL", 0))
+    rec = rec._replace(timestamp=int((sent_before - 1.5) * 1000))
+    service._on_record(tp, rec)
+    ref = service.pending["AAPL"]
+    service._acked(ref.end.timestamp(), ref.produced_at, None)  # Kafka acknowledged the forecast
+    acked_after = time.time()
+    service.close()
+
+    # The observation is bracketed by clocks read around it: at least 1.5 s, and at most 1.5 s
+    # plus the time between reading the clock and the ack, plus 1 ms because the record
+    # timestamp is whole milliseconds (truncating moves it up to 1 ms earlier).
+    (ingest_sum, ingest_count), (end_sum, end_count) = before[ingest], before[bar_end]
+    observed = sample(f"{ingest}_sum") - ingest_sum
+    assert sample(f"{ingest}_count") - ingest_count == 1
+    assert 1.5 <= observed <= 1.5 + (acked_after - sent_before) + 0.001
+    # the market-time figure is the bar's age, years here: the reason it is only shown for live sources
+    aged = sample(f"{bar_end}_sum") - end_sum
+    assert sample(f"{bar_end}_count") - end_count == 1
+    assert sent_before - (T0 + M).timestamp() <= aged <= acked_after - (T0 + M).timestamp()
+    assert service.latencies[-1] == (pytest.approx(aged), pytest.approx(observed))
+
+
+def test_catch_up_forecasts_have_no_ingest_latency(tmp_path: Path) -> None:
+    from prometheus_client import REGISTRY
+
+    name = "tickcast_forecaster_ingest_to_forecast_seconds_count"
+    service = make(tmp_path)
+    before = REGISTRY.get_sample_value(name) or 0.0
+    service._acked((T0 + M).timestamp(), None, None)  # a bar read from the lake: no Kafka record of it
+    service.close()
+    assert (REGISTRY.get_sample_value(name) or 0.0) == before
+    assert service.latencies[-1][1] is None
