@@ -152,6 +152,8 @@ def start_detached(
             f"\n==== tickcast: starting {Path(argv[0]).name} at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n".encode()
         )
         out.flush()
+        # Measured before the command starts: it may write its first line before Popen returns.
+        seen_size = _file_size(log_path)
         proc = subprocess.Popen(
             list(argv),
             cwd=cwd,
@@ -350,6 +352,8 @@ def run_logged(
     with log_path.open("wb") as out:
         out.write(f"$ {' '.join(argv)}\n# started {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n".encode())
         out.flush()
+        # Measured before the command starts: it may write its first line before Popen returns.
+        seen_size = _file_size(log_path)
         proc = subprocess.Popen(
             list(argv),
             cwd=cwd,
@@ -360,7 +364,6 @@ def run_logged(
         )
         try:
             next_beat = started + heartbeat_s
-            seen_size = _file_size(log_path)
             while True:
                 try:
                     # Wakes at once when the command ends, else at the next heartbeat.
