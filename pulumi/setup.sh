@@ -20,4 +20,4 @@ echo "installing the Pulumi program's packages into pulumi/.venv (first time onl
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$here/requirements.txt"
 echo "$want" >"$stamp"
-echo "pulumi/.venv ready: $("$venv/bin/python" -c 'from importlib.metadata import version as v; print(", ".join(f"{p} {v(p)}" for p in ("pulumi", "pulumi-aws", "pulumi-eks", "pulumi-kubernetes")))')"
+echo "pulumi/.venv ready: $("$venv/bin/python" -c 'from importlib.metadata import version as v; print(", ".join(f"{p} {v(p)}" for p in ("pulumi", "pulumi-aws", "pulumi-eks", "pulumi-kubernetes", "pulumi-docker-build")))')"

@@ -30,6 +30,10 @@ ACCOUNT = "123456789012"
 REGION_FALLBACK = "us-east-1"
 POLYGON_TEST_KEY = "pk-test-not-a-real-key"
 OIDC_ID = "EXAMPLED539D4633E53DE1B71EXAMPLE"
+ZONE_IDS = [f"use1-az{i}" for i in range(1, 7)]
+"""The mocked region's zones: use1-az3 is one EKS does not support."""
+NO_GPU_ZONE_IDS = {"use1-az2"}
+"""Zones the mocks say offer none of the GPU instance types."""
 
 
 @dataclass
@@ -42,6 +46,10 @@ class Recorded:
     outputs: dict[str, Any]
     custom: bool
     read: bool
+    urn: str = ""
+    dependencies: frozenset[str] = frozenset()
+    """URNs this resource waits for (its ``depends_on`` and the resources its inputs come from)."""
+    ignore_changes: tuple[str, ...] = ()
 
 
 class RecordingMocks(pulumi.runtime.Mocks):
@@ -51,6 +59,14 @@ class RecordingMocks(pulumi.runtime.Mocks):
         self.region = region
         self.resources: list[Recorded] = []
         self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.registrations: dict[tuple[str, str], tuple[str, frozenset[str], tuple[str, ...]]] = {}
+
+    def joined(self) -> list[Recorded]:
+        """The records with their URNs, dependencies and ignore_changes filled in."""
+        for record in self.resources:
+            if (record.type, record.name) in self.registrations:
+                record.urn, record.dependencies, record.ignore_changes = self.registrations[(record.type, record.name)]
+        return self.resources
 
     def _arn(self, service: str, resource: str, region: bool = True) -> str:
         return f"arn:aws:{service}:{self.region if region else ''}:{ACCOUNT}:{resource}"
@@ -99,6 +115,14 @@ class RecordingMocks(pulumi.runtime.Mocks):
             outputs["status"] = {
                 "loadBalancer": {"ingress": [{"hostname": "k8s-tickcast-dashboard-1234.elb.amazonaws.com"}]}
             }
+        elif typ == "kubernetes:core/v1:Secret":
+            outputs["metadata"] = {**inputs.get("metadata", {}), "resourceVersion": "4711"}
+        elif typ == "docker-build:index:Image":
+            outputs["digest"] = f"sha256:{name.encode().hex():0<64}"[:71]
+        elif typ == "aws:sqs/queue:Queue":
+            outputs.update(
+                arn=self._arn("sqs", physical), url=f"https://sqs.{self.region}.amazonaws.com/{ACCOUNT}/{physical}"
+            )
         elif typ == "kubernetes:helm.sh/v3:Release":
             outputs["status"] = {
                 "name": inputs.get("name", name),
@@ -125,7 +149,19 @@ class RecordingMocks(pulumi.runtime.Mocks):
         self.calls.append((args.token, dict(args.args)))
         if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
             names = [f"{self.region}{suffix}" for suffix in "abcdef"]
-            return {"names": names, "zoneIds": [f"use1-az{i}" for i in range(1, 7)], "id": self.region}, []
+            return {"names": names, "zoneIds": ZONE_IDS, "id": self.region}, []
+        if args.token == "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings":
+            types = set(args.args["filters"][0]["values"])
+            gpu = any(t.startswith("g") for t in types)
+            zones = [z for z in ZONE_IDS if not (gpu and z in NO_GPU_ZONE_IDS)]
+            return {"locations": zones, "instanceTypes": sorted(types), "locationTypes": [], "id": "offers"}, []
+        if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
+            return {"accountId": ACCOUNT, "arn": f"arn:aws:iam::{ACCOUNT}:user/deployer", "userId": "AIDA"}, []
+        if args.token == "aws:ecr/getAuthorizationToken:getAuthorizationToken":
+            endpoint = f"https://{ACCOUNT}.dkr.ecr.{self.region}.amazonaws.com"
+            return {"proxyEndpoint": endpoint, "userName": "AWS", "password": "ecr-token", "id": "t"}, []
+        if args.token == "aws:ecr/getImage:getImage":
+            return {"imageDigest": f"sha256:{'ab' * 32}", "id": args.args["repositoryName"]}, []
         return {}, []
 
 
@@ -164,9 +200,23 @@ class RecordingMonitor(MockMonitor):
     on timing. The recorded inputs only need the reference, so the monitor never builds one.
     """
 
+    def __init__(self, mocks: RecordingMocks) -> None:
+        super().__init__(mocks)
+        self.recording = mocks
+
     def RegisterResource(self, request: Any) -> Any:
         request.object.CopyFrom(_without_resource_refs(request.object))
-        return super().RegisterResource(request)
+        dependencies = frozenset(request.dependencies) | frozenset(
+            urn for deps in request.propertyDependencies.values() for urn in deps.urns
+        )
+        response = super().RegisterResource(request)
+        # Calls run on several threads: keyed by (type, name), joined to the records afterwards.
+        self.recording.registrations[(request.type, request.name)] = (
+            response.urn,
+            dependencies,
+            tuple(request.ignoreChanges),
+        )
+        return response
 
     def ReadResource(self, request: Any) -> Any:
         request.properties.CopyFrom(_without_resource_refs(request.properties))
@@ -199,6 +249,23 @@ class Deployment:
         found = [r for r in self.of_type(typ) if name is None or r.name == name]
         assert len(found) == 1, f"expected one {typ} {name or ''}, found {[r.name for r in found]}"
         return found[0]
+
+    def waits_for(self, resource: Recorded) -> set[str]:
+        """URNs ``resource`` waits for, directly or through what it waits for (custom resources)."""
+        by_urn = {r.urn: r for r in self.resources if r.urn}
+        seen: set[str] = set()
+        todo = list(resource.dependencies)
+        while todo:
+            urn = todo.pop()
+            if urn in seen:
+                continue
+            seen.add(urn)
+            if urn in by_urn:
+                todo.extend(by_urn[urn].dependencies)
+        return seen
+
+    def urn_of(self, typ: str, name: str) -> str:
+        return self.one(typ, name).urn
 
 
 def stack_file_config(stack: str) -> dict[str, Any]:
@@ -233,7 +300,7 @@ def run_program(stack: str, config: dict[str, Any]) -> Deployment:
         return pulumi.Output.from_input(asyncio.ensure_future(gather()))
 
     program()
-    return Deployment(stack, config, mocks.resources, result["outputs"], result["secret"])
+    return Deployment(stack, config, mocks.joined(), result["outputs"], result["secret"])
 
 
 def with_secret(config: dict[str, Any]) -> dict[str, Any]:
@@ -248,6 +315,22 @@ def dev() -> Deployment:
 @pytest.fixture(scope="session")
 def prod() -> Deployment:
     return run_program("prod", with_secret(stack_file_config("prod")))
+
+
+NAMED_PROD = {
+    "tickcast:endpointPublicAccessCidrs": ["198.18.7.0/24"],
+    "tickcast:dashboardHost": "tickcast.markets.acme-trading.net",
+    "tickcast:dashboardHostedZoneId": "Z04417372EXAMPLEZONE",
+    "tickcast:dashboardCertificateArn": (
+        "arn:aws:acm:us-east-1:210987654321:certificate/3f1c2b8e-5d4a-4c1e-9a7b-2e6f0d9c8b71"
+    ),
+}
+"""What an operator sets on prod before the first `pulumi up` (Pulumi.prod.yaml's comments)."""
+
+
+@pytest.fixture(scope="session")
+def named_prod() -> Deployment:
+    return run_program("prod", with_secret({**stack_file_config("prod"), **NAMED_PROD}))
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,7 @@ from tickcast_infra.chart_names import (
     SERVE_SERVICE_NAME,
     service_account_name,
 )
+from tickcast_infra.eks_facts import chart_resources, pod_room
 from tickcast_infra.iam import WORKLOADS
 
 
@@ -73,24 +74,41 @@ def test_each_component_gets_its_own_role_and_image(deployment: Deployment) -> N
         assert account == {"create": True, "name": service_account_name(workload), "roleArn": role.outputs["arn"]}
         assert account["name"] == f"tickcast-{workload}"
         if image is not None:
-            assert values[section]["image"] == {"repository": repos[image]}
+            digest = deployment.outputs["imageDigests"][image]
+            assert values[section]["image"] == {"repository": repos[image], "digest": digest}
+            assert digest.startswith("sha256:")
     assert values["image"] == {"tag": deployment.config.get("tickcast:imageTag", "0.1.0")}
     assert len({values[s]["serviceAccount"]["roleArn"] for s in CHART_COMPONENTS}) == len(CHART_COMPONENTS)
 
 
-def test_ray_worker_group_matches_the_gpu_node_group(deployment: Deployment) -> None:
+def test_ray_worker_group_follows_the_gpu_config(deployment: Deployment) -> None:
     workers = _values(deployment)["rayService"]["workerGroup"]
-    gpu = deployment.one("eks:index:ManagedNodeGroup", "cluster-gpu").inputs
-    assert workers["maxReplicas"] == gpu["scalingConfig"]["maxSize"]
-    assert workers["minReplicas"] == gpu["scalingConfig"]["minSize"]
-    assert workers["replicas"] == gpu["scalingConfig"]["desiredSize"]
-    assert all(gpu["labels"][k] == v for k, v in workers["nodeSelector"].items())
-    (toleration,) = workers["tolerations"]
-    (taint,) = gpu["taints"]
-    assert toleration["key"] == taint["key"] and toleration["effect"] == "NoSchedule"
+    config = deployment.config
+    assert workers["maxReplicas"] == config["tickcast:gpuMaxSize"]
+    assert workers["minReplicas"] == config["tickcast:gpuMinSize"]
+    assert workers["replicas"] == config["tickcast:gpuDesiredSize"]
     head = _values(deployment)["rayService"]["head"]["nodeSelector"]
-    cpu = deployment.one("eks:index:ManagedNodeGroup", "cluster-cpu").inputs["labels"]
+    cpu = deployment.one("aws:eks/nodeGroup:NodeGroup", "cluster-cpu").inputs["labels"]
     assert all(cpu[k] == v for k, v in head.items())
+
+
+def test_big_pods_are_sized_from_the_stacks_instance_types(deployment: Deployment) -> None:
+    """One source: eks_facts.chart_resources() for the stack's types (tests/helm checks the fit)."""
+    values = _values(deployment)
+    expected = chart_resources(
+        deployment.config["tickcast:cpuInstanceTypes"], deployment.config["tickcast:gpuInstanceTypes"]
+    )
+    assert values["rayService"]["workerGroup"]["resources"] == expected["rayService"]["workerGroup"]["resources"]
+    assert values["jobs"]["backtest"]["resources"] == expected["jobs"]["backtest"]["resources"]
+    assert values["jobs"]["finetune"]["worker"]["resources"] == expected["jobs"]["finetune"]["worker"]["resources"]
+
+
+def test_dev_gpu_worker_fits_the_smallest_dev_gpu_node(dev: Deployment) -> None:
+    """The finding: 4 CPU / 16Gi never fits a g5.xlarge (about 3.9 CPU and 14 GiB for pods)."""
+    requests = _values(dev)["rayService"]["workerGroup"]["resources"]["requests"]
+    cpu, memory = int(requests["cpu"].removesuffix("m")), int(requests["memory"].removesuffix("Mi"))
+    room_cpu, room_memory = pod_room(["g5.xlarge"])
+    assert cpu <= room_cpu < 4000 and memory <= room_memory < 16 * 1024
 
 
 def test_network_policy_knows_where_kuberay_runs(deployment: Deployment) -> None:
@@ -108,9 +126,29 @@ def test_dashboard_ingress_and_url(dev: Deployment, prod: Deployment) -> None:
 
     prod_ingress = _values(prod)["dashboard"]["ingress"]
     assert prod_ingress["scheme"] == "internal" and prod_ingress["annotations"] == {}
-    assert prod_ingress["certificateArn"] == prod.config["tickcast:dashboardCertificateArn"]
-    assert prod.outputs["dashboardUrl"] == f"https://{prod.config['tickcast:dashboardHost']}"
-    assert not prod.of_type("kubernetes:networking.k8s.io/v1:Ingress")
+    # no placeholder host or certificate ships in Pulumi.prod.yaml: the load balancer's own name
+    assert prod_ingress["host"] == "" and prod_ingress["certificateArn"] == ""
+    assert prod.outputs["dashboardUrl"].startswith("http://")
+
+
+def test_a_hosted_zone_gets_the_dashboard_a_dns_record_through_external_dns(named_prod: Deployment) -> None:
+    host = named_prod.config["tickcast:dashboardHost"]
+    zone = named_prod.config["tickcast:dashboardHostedZoneId"]
+    ingress = _values(named_prod)["dashboard"]["ingress"]
+    assert (
+        ingress["host"] == host and ingress["certificateArn"] == named_prod.config["tickcast:dashboardCertificateArn"]
+    )
+    assert named_prod.outputs["dashboardUrl"] == f"https://{host}"
+    dns = named_prod.one("kubernetes:helm.sh/v3:Release", "external-dns").inputs["values"]
+    assert dns["domainFilters"] == [host] and dns["zoneIdFilters"] == [zone]
+    assert dns["sources"] == ["ingress"] and dns["policy"] == "upsert-only"
+    policy = json.loads(named_prod.one("aws:iam/rolePolicy:RolePolicy", "external-dns").inputs["policy"])
+    (change,) = [s for s in policy["Statement"] if s["Action"] == "route53:ChangeResourceRecordSets"]
+    assert change["Resource"] == f"arn:aws:route53:::hostedzone/{zone}"
+
+
+def test_no_hosted_zone_no_external_dns(deployment: Deployment) -> None:
+    assert not [r for r in deployment.of_type("kubernetes:helm.sh/v3:Release") if r.name == "external-dns"]
 
 
 def test_stack_outputs(deployment: Deployment) -> None:
@@ -128,16 +166,28 @@ def test_every_chart_workload_has_a_role_and_every_role_a_chart_section() -> Non
     assert {section: workload for section, (_, workload) in CHART_COMPONENTS.items()} == CHART_WORKLOADS
 
 
-def test_release_waits_for_addons_topics_and_secret(dev: Deployment) -> None:
-    # Resources register in dependency order under the mocks: what the release depends on comes first.
-    order = [(r.type, r.name) for r in dev.resources]
-    release = order.index(("kubernetes:helm.sh/v3:Release", "tickcast"))
+def test_release_waits_for_images_addons_topics_and_secret(deployment: Deployment) -> None:
+    release = deployment.one("kubernetes:helm.sh/v3:Release", "tickcast")
+    waits = deployment.waits_for(release)
+    images = deployment.of_type("docker-build:index:Image")
+    assert len(images) == 5
     for dependency in [
-        ("kubernetes:helm.sh/v3:Release", "kuberay-operator"),
-        ("kubernetes:core/v1:Secret", "tickcast-secrets"),
-        *[("aws:msk/topic:Topic", r.name) for r in dev.of_type("aws:msk/topic:Topic")],
+        *images,
+        deployment.one("kubernetes:helm.sh/v3:Release", "kuberay-operator"),
+        deployment.one("kubernetes:helm.sh/v3:Release", "aws-load-balancer-controller"),
+        deployment.one("kubernetes:core/v1:Secret", "tickcast-secrets"),
+        *deployment.of_type("aws:msk/topic:Topic"),
     ]:
-        assert order.index(dependency) < release, dependency
+        assert dependency.urn in waits, dependency.name
+
+
+def test_release_does_not_wait_for_app_health_unless_asked(dev: Deployment) -> None:
+    """A crash-looping producer (say, a key without WebSocket access) must not fail `pulumi up`."""
+    assert dev.one("kubernetes:helm.sh/v3:Release", "tickcast").inputs["skipAwait"] is True
+    config = with_secret(stack_file_config("dev"))
+    config["tickcast:awaitApp"] = True
+    waiting = run_program("await", config)
+    assert not waiting.one("kubernetes:helm.sh/v3:Release", "tickcast").inputs.get("skipAwait")
 
 
 def test_deploy_app_false_builds_only_the_platform() -> None:
@@ -182,7 +232,11 @@ def _leaf_paths(values: dict, prefix: str = "") -> list[str]:
     paths = []
     for key, value in values.items():
         path = f"{prefix}.{key}" if prefix else key
-        if isinstance(value, dict) and value and not path.endswith((".annotations", ".nodeSelector")):
+        if (
+            isinstance(value, dict)
+            and value
+            and not path.endswith((".annotations", ".podAnnotations", ".nodeSelector"))
+        ):
             paths.extend(_leaf_paths(value, path))
         else:
             paths.append(path)

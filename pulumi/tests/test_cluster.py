@@ -1,44 +1,38 @@
-"""EKS: private nodes, OIDC for IRSA, a CPU group and a tainted GPU group sized from config."""
+"""EKS: private nodes, OIDC for IRSA, a CPU group, managed add-ons, and the add-on releases' order."""
 
 from __future__ import annotations
 
-from conftest import Deployment, run_program, stack_file_config, with_secret
+from conftest import Deployment, Recorded, run_program, stack_file_config, with_secret
+from tickcast_infra.eks_facts import KUBERNETES_STANDARD_SUPPORT_ENDS, KUBERNETES_VERSION
+
+NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
+RELEASE = "kubernetes:helm.sh/v3:Release"
 
 
-def _group(deployment: Deployment, pool: str) -> dict:
-    return deployment.one("eks:index:ManagedNodeGroup", f"cluster-{pool}").inputs
+def _group(deployment: Deployment) -> Recorded:
+    return deployment.one(NODE_GROUP, "cluster-cpu")
 
 
-def test_gpu_group_is_tainted_labelled_and_uses_the_nvidia_ami(deployment: Deployment) -> None:
-    gpu = _group(deployment, "gpu")
-    assert gpu["taints"] == [{"key": "nvidia.com/gpu", "value": "true", "effect": "NO_SCHEDULE"}]
-    assert gpu["labels"] == {"tickcast.io/node-pool": "gpu", "nvidia.com/gpu.present": "true"}
-    assert gpu["amiType"] == deployment.config.get("tickcast:gpuAmiType", "AL2023_x86_64_NVIDIA")
-    assert "NVIDIA" in gpu["amiType"]
+def test_the_only_node_group_is_the_cpu_one(deployment: Deployment) -> None:
+    """GPU nodes come from Karpenter; no GPU node group holds a node or blocks anything."""
+    assert [g.name for g in deployment.of_type(NODE_GROUP)] == ["cluster-cpu"]
+    assert not deployment.of_type("eks:index:ManagedNodeGroup")
 
 
-def test_node_groups_are_sized_and_typed_from_config(deployment: Deployment) -> None:
+def test_cpu_group_is_sized_from_config_and_pulumi_leaves_its_size_to_eks(deployment: Deployment) -> None:
     config = deployment.config
-    for pool in ("cpu", "gpu"):
-        group = _group(deployment, pool)
-        scaling = group["scalingConfig"]
-        assert scaling == {
-            "minSize": config[f"tickcast:{pool}MinSize"],
-            "desiredSize": config[f"tickcast:{pool}DesiredSize"],
-            "maxSize": config[f"tickcast:{pool}MaxSize"],
-        }
-        assert group["instanceTypes"] == config[f"tickcast:{pool}InstanceTypes"]
-    assert _group(deployment, "gpu")["capacityType"] == config["tickcast:gpuCapacityType"]
-
-
-def test_dev_and_prod_differ_where_their_configs_do(dev: Deployment, prod: Deployment) -> None:
-    assert _group(dev, "gpu")["scalingConfig"]["maxSize"] == 1
-    assert _group(prod, "gpu")["scalingConfig"] == {"minSize": 2, "desiredSize": 2, "maxSize": 4}
-    assert _group(prod, "gpu")["instanceTypes"] == ["g5.2xlarge"]
+    group = _group(deployment)
+    assert group.inputs["scalingConfig"] == {
+        "minSize": config["tickcast:cpuMinSize"],
+        "desiredSize": config["tickcast:cpuDesiredSize"],
+        "maxSize": config["tickcast:cpuMaxSize"],
+    }
+    assert group.inputs["instanceTypes"] == config["tickcast:cpuInstanceTypes"]
+    assert group.ignore_changes == ("scalingConfig.desiredSize",)
 
 
 def test_cpu_group_is_not_tainted(deployment: Deployment) -> None:
-    cpu = _group(deployment, "cpu")
+    cpu = _group(deployment).inputs
     assert not cpu.get("taints")
     assert cpu["labels"] == {"tickcast.io/node-pool": "cpu"}
 
@@ -46,11 +40,36 @@ def test_cpu_group_is_not_tainted(deployment: Deployment) -> None:
 def test_nodes_are_private(deployment: Deployment) -> None:
     private = {s.name for s in deployment.of_type("aws:ec2/subnet:Subnet") if "private" in s.name}
     private_ids = sorted(f"{name}-id" for name in private)
-    for pool in ("cpu", "gpu"):
-        assert sorted(_group(deployment, pool)["subnetIds"]) == private_ids
+    assert sorted(_group(deployment).inputs["subnetIds"]) == private_ids
     cluster = deployment.one("eks:index:Cluster").inputs
     assert cluster["nodeAssociatePublicIpAddress"] is False
     assert cluster["skipDefaultNodeGroup"] is True
+
+
+def test_kubernetes_version_is_in_standard_support_and_set_in_one_place(deployment: Deployment) -> None:
+    cluster = deployment.one("eks:index:Cluster").inputs
+    assert cluster["version"] == KUBERNETES_VERSION == "1.35"
+    assert KUBERNETES_STANDARD_SUPPORT_ENDS > "2026-12-03"
+    for stack in ("dev", "prod"):
+        assert "tickcast:kubernetesVersion" not in stack_file_config(stack), "one setting: eks_facts.py"
+    assert deployment.outputs["kubernetesVersion"] == "1.35"
+
+
+def test_control_plane_logs_have_a_retention_and_exist_before_the_cluster(deployment: Deployment) -> None:
+    group = deployment.one("aws:cloudwatch/logGroup:LogGroup", "cluster-logs")
+    assert group.inputs["name"] == f"/aws/eks/tickcast-{deployment.stack}/cluster"
+    assert group.inputs["retentionInDays"] == 30
+    assert group.urn in deployment.one("eks:index:Cluster").dependencies
+
+
+def test_coredns_and_metrics_server_are_managed_addons_after_the_cpu_nodes(deployment: Deployment) -> None:
+    addons = {a.inputs["addonName"]: a for a in deployment.of_type("aws:eks/addon:Addon")}
+    assert set(addons) == {"coredns", "metrics-server"}
+    for addon in addons.values():
+        assert addon.inputs["clusterName"] == f"tickcast-{deployment.stack}"
+        assert _group(deployment).urn in addon.dependencies
+    # pulumi_eks's own CoreDNS (created before any node) is off
+    assert deployment.one("eks:index:Cluster").inputs["corednsAddonOptions"]["enabled"] is False
 
 
 def test_cluster_has_oidc_api_access_encryption_and_logs(deployment: Deployment) -> None:
@@ -66,11 +85,11 @@ def test_cluster_has_oidc_api_access_encryption_and_logs(deployment: Deployment)
 
 def test_admin_roles_get_cluster_admin_access_entries() -> None:
     config = with_secret(stack_file_config("dev"))
-    config["tickcast:adminRoleArns"] = ["arn:aws:iam::123456789012:role/platform-admin"]
+    config["tickcast:adminRoleArns"] = ["arn:aws:iam::210987654321:role/platform-admin"]
     deployment = run_program("admins", config)
     entries = deployment.one("eks:index:Cluster").inputs["accessEntries"]
     (entry,) = entries.values()
-    assert entry["principalArn"] == "arn:aws:iam::123456789012:role/platform-admin"
+    assert entry["principalArn"] == "arn:aws:iam::210987654321:role/platform-admin"
     (policy,) = entry["accessPolicies"].values()
     assert policy["policyArn"].endswith("/AmazonEKSClusterAdminPolicy")
 
@@ -86,7 +105,7 @@ def test_node_role_has_only_the_node_policies(deployment: Deployment) -> None:
 
 
 def test_device_plugin_runs_on_gpu_nodes_only(deployment: Deployment) -> None:
-    plugin = deployment.one("kubernetes:helm.sh/v3:Release", "nvidia-device-plugin").inputs
+    plugin = deployment.one(RELEASE, "nvidia-device-plugin").inputs
     assert plugin["chart"] == "nvidia-device-plugin"
     assert plugin["values"]["nodeSelector"] == {"tickcast.io/node-pool": "gpu"}
     assert plugin["values"]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
@@ -96,18 +115,35 @@ def test_bottlerocket_gpu_nodes_skip_the_device_plugin_chart() -> None:
     config = with_secret(stack_file_config("dev"))
     config["tickcast:gpuAmiType"] = "BOTTLEROCKET_x86_64_NVIDIA"
     deployment = run_program("bottlerocket", config)
-    assert _group(deployment, "gpu")["amiType"] == "BOTTLEROCKET_x86_64_NVIDIA"
-    releases = {r.name for r in deployment.of_type("kubernetes:helm.sh/v3:Release")}
+    gpu_class = deployment.one("kubernetes:karpenter.k8s.aws/v1:EC2NodeClass", "karpenter-class-gpu").inputs
+    assert gpu_class["spec"]["amiSelectorTerms"] == [{"alias": "bottlerocket@latest"}]
+    releases = {r.name for r in deployment.of_type(RELEASE)}
     assert "nvidia-device-plugin" not in releases
     assert {"kuberay-operator", "aws-load-balancer-controller", "tickcast"} <= releases
 
 
-def test_addons_are_pinned_and_wait_for_the_nodes(deployment: Deployment) -> None:
-    for release in deployment.of_type("kubernetes:helm.sh/v3:Release"):
+def test_addons_are_pinned(deployment: Deployment) -> None:
+    for release in deployment.of_type(RELEASE):
         if release.name == "tickcast":
             continue
         assert release.inputs["version"], f"{release.name} is not pinned"
-        assert release.inputs["repositoryOpts"]["repo"].startswith("https://")
-    kuberay = deployment.one("kubernetes:helm.sh/v3:Release", "kuberay-operator").inputs
+        chart = release.inputs.get("repositoryOpts", {}).get("repo") or release.inputs["chart"]
+        assert chart.startswith(("https://", "oci://")), release.name
+    kuberay = deployment.one(RELEASE, "kuberay-operator").inputs
     assert kuberay["version"] == "1.7.0"  # the CRDs the chart is validated against
     assert kuberay["namespace"] == "kuberay-operator"
+
+
+def test_releases_wait_for_the_load_balancer_controller_and_the_cpu_nodes_only(deployment: Deployment) -> None:
+    """The controller's webhook rejects Services until its pods are ready: it goes first, awaited.
+    Everything waits for the CPU node group and CoreDNS, and nothing for a GPU node."""
+    lb = deployment.one(RELEASE, "aws-load-balancer-controller")
+    assert not lb.inputs.get("skipAwait")
+    cpu_nodes = {_group(deployment).urn, *(a.urn for a in deployment.of_type("aws:eks/addon:Addon"))}
+    gpu_pool = deployment.one("kubernetes:karpenter.sh/v1:NodePool", "karpenter-pool-gpu").urn
+    for release in deployment.of_type(RELEASE):
+        waits = deployment.waits_for(release)
+        assert cpu_nodes <= waits, release.name
+        assert gpu_pool not in waits or release.name == "tickcast", release.name
+        if release.name not in ("aws-load-balancer-controller", "karpenter"):
+            assert lb.urn in waits, release.name

@@ -92,3 +92,89 @@ def test_bad_values_are_refused_with_the_key_named(key: str, value: object, mess
     config[key] = value
     with pytest.raises(Exception, match=re.escape(message)):
         run_program("bad", config)
+
+
+CERT = "arn:aws:acm:us-east-1:210987654321:certificate/3f1c2b8e-5d4a-4c1e-9a7b-2e6f0d9c8b71"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"tickcast:endpointPublicAccessCidrs": ["203.0.113.0/24"]}, "documentation-only range"),
+        ({"tickcast:endpointPublicAccessCidrs": ["198.51.100.7/32"]}, "<your address>/32"),
+        ({"tickcast:endpointPublicAccessCidrs": ["2001:db8::/48"]}, "documentation-only range"),
+        ({"tickcast:endpointPublicAccessCidrs": []}, "nobody could connect"),
+        ({"tickcast:endpointPublicAccessCidrs": ["10.0.0.300/8"]}, "not a CIDR"),
+        ({"tickcast:dashboardAllowedCidrs": ["192.0.2.0/24"]}, "dashboardAllowedCidrs has 192.0.2.0/24"),
+        ({"tickcast:dashboardHost": "tickcast.example.com"}, "reserved example name"),
+        ({"tickcast:dashboardHost": "dash.test"}, "reserved example name"),
+        ({"tickcast:dashboardHost": "not a host"}, "is not a DNS name"),
+        (
+            {
+                "tickcast:dashboardHost": "t.acme.io",
+                "tickcast:dashboardCertificateArn": CERT.replace("210987654321", "123456789012"),
+            },
+            "account 123456789012 is an AWS documentation example",
+        ),
+        (
+            {"tickcast:dashboardHost": "t.acme.io", "tickcast:dashboardCertificateArn": "my-cert"},
+            "not an ACM certificate ARN",
+        ),
+        (
+            {
+                "tickcast:dashboardHost": "t.acme.io",
+                "tickcast:dashboardCertificateArn": CERT.replace(
+                    "3f1c2b8e-5d4a-4c1e-9a7b-2e6f0d9c8b71", "0" * 8 + "-0000" * 3 + "-" + "0" * 12
+                ),
+            },
+            "placeholder certificate id",
+        ),
+        (
+            {
+                "tickcast:dashboardHost": "t.acme.io",
+                "tickcast:dashboardCertificateArn": CERT.replace("us-east-1", "eu-west-1"),
+            },
+            "request or import the certificate in us-east-1",
+        ),
+        ({"tickcast:dashboardCertificateArn": CERT}, "needs tickcast:dashboardHost"),
+        ({"tickcast:dashboardHostedZoneId": "Z0123456789ABC"}, "needs tickcast:dashboardHost"),
+        ({"tickcast:dashboardHost": "t.acme.io", "tickcast:dashboardHostedZoneId": "zone-1"}, "hosted zone id"),
+        ({"tickcast:adminRoleArns": ["arn:aws:iam::123456789012:role/admin"]}, "documentation example"),
+        ({"tickcast:adminRoleArns": ["admin"]}, "not an IAM role or user ARN"),
+        ({"tickcast:gpuInstanceTypes": ["p9.mega"]}, "no row in tickcast_infra/eks_facts.py"),
+        ({"tickcast:cpuInstanceTypes": ["g5.xlarge"]}, "GPU types go in tickcast:gpuInstanceTypes"),
+    ],
+)
+def test_placeholders_and_unreachable_settings_are_refused_before_anything_is_created(
+    overrides: dict[str, object], message: str
+) -> None:
+    config = {**with_secret(stack_file_config("dev")), **overrides}
+    from conftest import RecordingMocks, install_mocks
+    from tickcast_infra import config as config_module
+
+    mocks = RecordingMocks("us-east-1")
+    install_mocks(mocks, "bad")
+    import json
+
+    import pulumi
+
+    raw = {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
+    pulumi.runtime.set_all_config(raw, ["tickcast:polygonApiKey"])
+    with pytest.raises(config_module.ConfigError, match=re.escape(message)):
+        config_module.load()
+    assert mocks.resources == [], "nothing may be created before the config is checked"
+
+
+def test_stack_files_ship_no_placeholders() -> None:
+    """The shipped stacks load as they are: no documentation CIDR, example host or account."""
+    text = "\n".join(
+        line.split("#", 1)[0]
+        for stack in ("dev", "prod")
+        for line in (PULUMI_DIR / f"Pulumi.{stack}.yaml").read_text().splitlines()
+    )
+    for placeholder in ("203.0.113.", "198.51.100.", "192.0.2.", "example.com", "123456789012"):
+        assert placeholder not in text, placeholder
+
+
+def test_an_operator_configured_prod_stack_is_accepted(named_prod: object) -> None:
+    assert named_prod is not None

@@ -42,7 +42,6 @@ class Arns:
         self.bucket = deployment.one("aws:s3/bucket:Bucket").outputs["arn"]
         self.lake = f"{self.bucket}/tickcast"
         self.lake_key = deployment.one("aws:kms/key:Key", "lake-key").outputs["arn"]
-        self.secret = deployment.one("aws:secretsmanager/secret:Secret").outputs["arn"]
         self.kafka = deployment.outputs["kafkaClusterArn"]
         self.topic = self.kafka.replace(":cluster/", ":topic/")
         self.group = self.kafka.replace(":cluster/", ":group/")
@@ -74,7 +73,7 @@ def test_no_policy_uses_wildcard_resources(deployment: Deployment) -> None:
 
 def test_every_resource_is_this_stacks_own(deployment: Deployment) -> None:
     arns = Arns(deployment)
-    own = (arns.bucket, arns.lake_key, arns.secret, arns.kafka, arns.topic, arns.group)
+    own = (arns.bucket, arns.lake_key, arns.kafka, arns.topic, arns.group)
     for workload in WORKLOAD_NAMES:
         for statement in _policy(deployment, workload)["Statement"]:
             for resource in statement["Resource"]:
@@ -187,17 +186,17 @@ def test_producer_writes_open_close_and_its_state_and_reads_bars(deployment: Dep
     }
 
 
-def test_producer_reads_only_the_polygon_secret_and_writes_only_its_topics(deployment: Deployment) -> None:
+def test_producer_writes_only_its_topics(deployment: Deployment) -> None:
     arns = Arns(deployment)
     policy = _policy(deployment, "producer")
-    assert _resources_for(policy, "secretsmanager:") == {arns.secret}
     assert _resources_for(policy, "kafka-cluster:WriteData") >= {f"{arns.topic}/bars", f"{arns.topic}/bars.dlq"}
     assert "kafka-cluster:ReadData" not in _actions(policy)
     assert f"{arns.topic}/forecasts" not in _resources_for(policy, "kafka-cluster:WriteData")
 
 
-@pytest.mark.parametrize("workload", [w for w in WORKLOAD_NAMES if w != "producer"])
-def test_only_the_producer_can_read_secrets(deployment: Deployment, workload: str) -> None:
+@pytest.mark.parametrize("workload", WORKLOAD_NAMES)
+def test_no_workload_reads_secrets_manager(deployment: Deployment, workload: str) -> None:
+    """The Polygon key has one path, the Kubernetes Secret: no Secrets Manager copy, no grant."""
     assert not any(a.startswith("secretsmanager:") for a in _actions(_policy(deployment, workload)))
 
 

@@ -106,7 +106,6 @@ def _session_policy(workload: str, bucket: str) -> str:
         lake_prefix=PREFIX,
         lake_kms_key_arn="arn:aws:kms:us-east-1:000000000000:key/probe",
         kafka_cluster_arn="arn:aws:kafka:us-east-1:000000000000:cluster/probe/uuid",
-        polygon_secret_arn="arn:aws:secretsmanager:us-east-1:000000000000:secret:probe",
     )
     document = policy_document(WORKLOADS[workload], arns)
     statements = [s for s in document["Statement"] if all(a.startswith("s3:") for a in s["Action"])]

@@ -6,8 +6,8 @@ import ipaddress
 
 import pytest
 
-from conftest import Deployment
-from tickcast_infra.network import subnet_plan
+from conftest import NO_GPU_ZONE_IDS, Deployment
+from tickcast_infra.network import EKS_UNSUPPORTED_ZONE_IDS, choose_zone_ids, subnet_plan
 
 
 def test_subnets_spread_over_the_configured_zones(deployment: Deployment) -> None:
@@ -16,7 +16,8 @@ def test_subnets_spread_over_the_configured_zones(deployment: Deployment) -> Non
     private = [s for s in subnets if "private" in s.name]
     public = [s for s in subnets if "public" in s.name]
     assert len(private) == len(public) == count
-    assert len({s.inputs["availabilityZone"] for s in private}) == count
+    assert len({s.inputs["availabilityZoneId"] for s in private}) == count
+    assert all("availabilityZone" not in s.inputs for s in subnets), "zones go by ID, not by name"
     assert all(s.inputs["mapPublicIpOnLaunch"] is False for s in subnets)
     assert all(s.inputs["tags"]["kubernetes.io/role/internal-elb"] == "1" for s in private)
     assert all(s.inputs["tags"]["kubernetes.io/role/elb"] == "1" for s in public)
@@ -53,3 +54,17 @@ def test_subnet_plan_has_disjoint_subnets_inside_the_vpc(cidr: str, zones: int) 
 def test_subnet_plan_refuses_too_many_zones() -> None:
     with pytest.raises(ValueError, match="room for 7 zones"):
         subnet_plan("10.0.0.0/16", 8)
+
+
+def test_zones_are_chosen_by_id_where_eks_and_the_instance_types_are_offered(prod: Deployment) -> None:
+    """The mocked region has use1-az1..6: az3 is not offered by EKS, az2 offers no GPU type."""
+    zones = sorted({s.inputs["availabilityZoneId"] for s in prod.of_type("aws:ec2/subnet:Subnet")})
+    assert zones == ["use1-az1", "use1-az4", "use1-az5"]
+    assert "use1-az3" in EKS_UNSUPPORTED_ZONE_IDS and "use1-az2" in NO_GPU_ZONE_IDS
+
+
+def test_choose_zone_ids_says_which_zones_were_left_out() -> None:
+    available = ["use1-az1", "use1-az2", "use1-az3"]
+    assert choose_zone_ids(available, [available, ["use1-az1", "use1-az3"]], 1) == ["use1-az1"]
+    with pytest.raises(ValueError, match=r"only \['use1-az1'\] .* support EKS"):
+        choose_zone_ids(available, [available, ["use1-az1", "use1-az3"]], 2)

@@ -17,12 +17,18 @@ def test_one_hardened_repository_per_image(deployment: Deployment) -> None:
     assert set(deployment.outputs["ecrRepositories"]) == set(IMAGES)
 
 
-def test_polygon_key_is_stored_as_a_secret(deployment: Deployment) -> None:
-    version = deployment.one("aws:secretsmanager/secretVersion:SecretVersion").inputs
-    assert is_secret_value(version["secretString"])
-    assert unwrap(version["secretString"]) == POLYGON_TEST_KEY
-    secret = deployment.one("aws:secretsmanager/secret:Secret")
-    assert secret.inputs["name"] == f"tickcast-{deployment.stack}/polygon-api-key"
+def test_polygon_key_has_one_path_the_kubernetes_secret(deployment: Deployment) -> None:
+    """No Secrets Manager copy that no pod reads (and that rotation would not reach)."""
+    assert not [r for r in deployment.resources if r.type.startswith("aws:secretsmanager")]
+    assert "polygonSecretArn" not in deployment.outputs
+
+
+def test_a_rotated_key_rolls_the_producer(deployment: Deployment) -> None:
+    """The producer's pod annotation is the Secret's resourceVersion: a new key, a new rollout."""
+    secret = deployment.one("kubernetes:core/v1:Secret")
+    values = deployment.one("kubernetes:helm.sh/v3:Release", "tickcast").inputs["values"]
+    version = values["producer"]["podAnnotations"]["tickcast.io/secret-version"]
+    assert version == secret.outputs["metadata"]["resourceVersion"] == "4711"
 
 
 def test_polygon_key_reaches_the_chart_only_through_a_secret(deployment: Deployment) -> None:

@@ -36,7 +36,7 @@ against what the chart renders.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pulumi
@@ -57,6 +57,9 @@ from tickcast_infra.kafka import SASL_MECHANISM, SECURITY_PROTOCOL
 SECRETS_NAME = "tickcast-pulumi-secrets"
 """The Secret handed to the chart as ``secrets.existingSecret``; keys are setting variables."""
 POLYGON_API_KEY_VARIABLE = "TICKCAST_POLYGON__API_KEY"
+SECRET_VERSION_ANNOTATION = "tickcast.io/secret-version"
+"""Producer pod annotation holding the Secret's resourceVersion: a new key rolls the producer."""
+RELEASE_TIMEOUT_S = 1200
 
 # Chart section -> its image: the jobs run the serving image, set by rayService.image; the lake
 # maintenance CronJobs run `tickcast lake optimize|vacuum` from the slim consumer image.
@@ -115,6 +118,12 @@ class ChartInputs:
     gpu_replicas: int
     gpu_max_replicas: int
     dashboard: DashboardIngress = field(default_factory=DashboardIngress)
+    image_digests: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
+    """image -> ``sha256:...`` (images.Images); the chart pulls by digest when one is given."""
+    pod_resources: Mapping[str, Any] = field(default_factory=dict)
+    """eks_facts.chart_resources() for the stack's node types: the pods that must fit a node."""
+    secret_version: pulumi.Input[str] | None = None
+    """Changes when the Polygon key changes: a producer pod annotation, so rotation rolls it."""
 
 
 def chart_values(inputs: ChartInputs) -> dict[str, Any]:
@@ -130,6 +139,8 @@ def chart_values(inputs: ChartInputs) -> dict[str, Any]:
         }
         if image is not None:
             values[section]["image"] = {"repository": inputs.repository_urls[image]}
+            if image in inputs.image_digests:
+                values[section]["image"]["digest"] = inputs.image_digests[image]
     values["config"] = {
         "kafka": {
             "bootstrap_servers": inputs.bootstrap_servers,
@@ -142,6 +153,9 @@ def chart_values(inputs: ChartInputs) -> dict[str, Any]:
             "retention_hours": inputs.kafka_retention_hours,
         },
         "lake": {"url": inputs.lake_url, "s3_region": inputs.region},
+        # One Serve replica per GPU worker (num_gpus 1): Serve never asks for more workers than
+        # the GPU pool may hold, and a GPU pool that may go to zero lets Serve go to zero too.
+        "serving": {"min_replicas": inputs.gpu_min_replicas, "max_replicas": inputs.gpu_max_replicas},
     }
     values["secrets"] = {"existingSecret": SECRETS_NAME}
     values["rayService"]["head"] = {"nodeSelector": dict(CPU_LABELS)}
@@ -153,8 +167,19 @@ def chart_values(inputs: ChartInputs) -> dict[str, Any]:
         "tolerations": [dict(GPU_TOLERATION)],
     }
     values["dashboard"]["ingress"] = inputs.dashboard.values()
+    _merge_into(values, inputs.pod_resources)
+    if inputs.secret_version is not None:
+        values["producer"]["podAnnotations"] = {SECRET_VERSION_ANNOTATION: inputs.secret_version}
     values["networkPolicy"] = {"kuberayOperatorNamespace": KUBERAY_NAMESPACE}
     return values
+
+
+def _merge_into(target: dict[str, Any], extra: Mapping[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(target.get(key), dict):
+            _merge_into(target[key], value)
+        else:
+            target[key] = value
 
 
 TOPICS_SCRIPT = (
@@ -173,6 +198,9 @@ class AppArgs:
     polygon_api_key: pulumi.Input[str]
     provider: k8s.Provider
     depends_on: Sequence[pulumi.Resource]
+    await_health: bool = False
+    """Wait for ready pods (Helm --wait); False: the release succeeds once Kubernetes accepts its
+    objects, and a crash-looping pod is reported by `kubectl`, not by a failed `pulumi up`."""
     topics_job_role_arn: pulumi.Input[str] | None = None
     """Set (MSK Serverless) to create the topics with a Job running as ``tickcast-kafka-admin``."""
 
@@ -210,13 +238,16 @@ class TickcastApp(pulumi.ComponentResource):
         if args.topics_job_role_arn is not None:
             before_release.append(self._topics_job(name, args, namespace))
 
+        # resourceVersion changes whenever the Secret's data does (a rotated key).
+        chart = replace(args.chart, secret_version=secret.metadata.apply(lambda m: m.resource_version or ""))
         self.release = k8s.helm.v3.Release(
             name,
             name=RELEASE_NAME,
             chart=args.chart_path,
             namespace=args.namespace,
-            values=chart_values(args.chart),
-            timeout=1200,
+            values=chart_values(chart),
+            skip_await=not args.await_health,
+            timeout=RELEASE_TIMEOUT_S,
             opts=pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[namespace, *before_release]),
         )
 

@@ -1,4 +1,5 @@
-"""The EKS cluster: a CPU and a GPU managed node group, OIDC for IRSA, and a Kubernetes provider."""
+"""The EKS cluster: a CPU (system) managed node group, managed add-ons, OIDC for IRSA, and a
+Kubernetes provider. GPU nodes (and CPU overflow) come from Karpenter (``autoscaling.py``)."""
 
 from __future__ import annotations
 
@@ -47,26 +48,34 @@ class ClusterArgs:
 
     cluster_name: str
     kubernetes_version: str
+    log_retention_days: int
     vpc_id: pulumi.Input[str]
     private_subnet_ids: Sequence[pulumi.Input[str]]
     public_subnet_ids: Sequence[pulumi.Input[str]]
     endpoint_public_access_cidrs: Sequence[str]
     admin_role_arns: Sequence[str]
     cpu: NodeGroupSpec
-    gpu: NodeGroupSpec
+
+
+MANAGED_ADDONS = ("coredns", "metrics-server")
+"""EKS add-ons created after the CPU nodes exist (their pods need a node to turn ACTIVE):
+CoreDNS, and metrics-server, which the consumer's HorizontalPodAutoscaler reads."""
 
 
 class Cluster(pulumi.ComponentResource):
-    """EKS with API access entries, encrypted secrets, control-plane logs, private nodes,
-    an OIDC provider for IRSA, a CPU group and a tainted GPU group."""
+    """EKS with API access entries, encrypted secrets, control-plane logs with a retention,
+    private nodes, an OIDC provider for IRSA, a CPU group and the CoreDNS and metrics-server
+    add-ons."""
 
     cluster_name: str
     kubeconfig: pulumi.Output[str]
     oidc_provider_arn: pulumi.Output[str]
     oidc_issuer: pulumi.Output[str]
     node_security_group_id: pulumi.Output[str]
+    private_subnet_ids: list[pulumi.Input[str]]
     provider: k8s.Provider
-    node_groups: list[pulumi.Resource]
+    cpu_node_group: pulumi.Resource
+    addons: list[pulumi.Resource]
 
     def __init__(self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("tickcast:infra:Cluster", name, None, opts)
@@ -96,6 +105,14 @@ class Cluster(pulumi.ComponentResource):
             opts=child,
         )
 
+        # EKS writes to this group if it exists; creating it first gives it a retention (EKS's own
+        # group never expires).
+        log_group = aws.cloudwatch.LogGroup(
+            f"{name}-logs",
+            name=f"/aws/eks/{args.cluster_name}/cluster",
+            retention_in_days=args.log_retention_days,
+            opts=child,
+        )
         cluster = eks.Cluster(
             name,
             name=args.cluster_name,
@@ -127,38 +144,45 @@ class Cluster(pulumi.ComponentResource):
             skip_default_security_groups=True,
             encryption_config_key_arn=secrets_key.arn,
             enabled_cluster_log_types=["api", "audit", "authenticator"],
-            opts=child,
+            # CoreDNS is created below as a plain add-on that waits for the CPU nodes.
+            coredns_addon_options=eks.CoreDnsAddonOptionsArgs(enabled=False),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[log_group]),
         )
 
-        def node_group(pool: str, spec: NodeGroupSpec, labels: dict[str, str], taints: list | None) -> pulumi.Resource:
-            return eks.ManagedNodeGroup(
-                f"{name}-{pool}",
-                cluster=cluster,
-                node_group_name_prefix=f"{args.cluster_name}-{pool}-",
-                node_role=node_role,
-                subnet_ids=list(args.private_subnet_ids),
-                instance_types=list(spec.instance_types),
-                ami_type=spec.ami_type,
-                capacity_type=spec.capacity_type,
-                disk_size=spec.disk_size_gb,
-                scaling_config=aws.eks.NodeGroupScalingConfigArgs(
-                    min_size=spec.size.min_size,
-                    desired_size=spec.size.desired_size,
-                    max_size=spec.size.max_size,
-                ),
-                labels=labels,
-                taints=taints,
-                opts=pulumi.ResourceOptions(parent=self, depends_on=attachments),
-            )
-
-        self.node_groups = [
-            node_group("cpu", args.cpu, CPU_LABELS, None),
-            node_group(
-                "gpu",
-                args.gpu,
-                GPU_LABELS,
-                [aws.eks.NodeGroupTaintArgs(key=GPU_TAINT_KEY, value="true", effect="NO_SCHEDULE")],
+        # A plain aws.eks.NodeGroup (not pulumi_eks's component) so that ignore_changes reaches it.
+        # The Karpenter controller, CoreDNS and the add-ons' controllers run here; every other
+        # node comes from Karpenter. EKS adds this role's access entry itself.
+        cpu = args.cpu
+        self.cpu_node_group = aws.eks.NodeGroup(
+            f"{name}-cpu",
+            cluster_name=args.cluster_name,
+            node_group_name_prefix=f"{args.cluster_name}-cpu-",
+            node_role_arn=node_role.arn,
+            subnet_ids=list(args.private_subnet_ids),
+            instance_types=list(cpu.instance_types),
+            ami_type=cpu.ami_type,
+            capacity_type=cpu.capacity_type,
+            disk_size=cpu.disk_size_gb,
+            scaling_config=aws.eks.NodeGroupScalingConfigArgs(
+                min_size=cpu.size.min_size, desired_size=cpu.size.desired_size, max_size=cpu.size.max_size
             ),
+            labels=dict(CPU_LABELS),
+            # EKS owns the node count after the first `pulumi up` (a node replaced, a manual
+            # resize); Pulumi keeps the bounds and does not reset the desired size on every run.
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=[cluster, *attachments], ignore_changes=["scalingConfig.desiredSize"]
+            ),
+        )
+        self.addons = [
+            aws.eks.Addon(
+                f"{name}-{addon}",
+                cluster_name=args.cluster_name,
+                addon_name=addon,
+                resolve_conflicts_on_create="OVERWRITE",
+                resolve_conflicts_on_update="OVERWRITE",
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.cpu_node_group]),
+            )
+            for addon in MANAGED_ADDONS
         ]
 
         self.cluster_name = args.cluster_name
@@ -166,5 +190,6 @@ class Cluster(pulumi.ComponentResource):
         self.oidc_provider_arn = cluster.oidc_provider_arn
         self.oidc_issuer = cluster.oidc_issuer
         self.node_security_group_id = cluster.node_security_group_id
+        self.private_subnet_ids = list(args.private_subnet_ids)
         self.provider = k8s.Provider(f"{name}-k8s", kubeconfig=self.kubeconfig, opts=child)
         self.register_outputs({"clusterName": args.cluster_name, "oidcProviderArn": self.oidc_provider_arn})

@@ -9,10 +9,13 @@ table with ``.venv/bin/python -m tickcast_infra.config``.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import pulumi
+
+from tickcast_infra.eks_facts import INSTANCE_TYPES, KUBERNETES_VERSION
 
 PROJECT = "tickcast"
 """The project's config namespace (``tickcast:KEY``), the ``name`` in Pulumi.yaml."""
@@ -52,7 +55,18 @@ KEYS: tuple[Key, ...] = (
         ("single", "perAz"),
     ),
     # cluster
-    Key("tickcast:kubernetesVersion", "string", "1.33", "EKS Kubernetes version."),
+    Key(
+        "tickcast:kubernetesVersion",
+        "string",
+        KUBERNETES_VERSION,
+        "EKS Kubernetes version (default: the one in standard support, `eks_facts.KUBERNETES_VERSION`).",
+    ),
+    Key(
+        "tickcast:controlPlaneLogRetentionDays",
+        "integer",
+        30,
+        "Days the control-plane logs (`/aws/eks/CLUSTER/cluster`) are kept.",
+    ),
     Key(
         "tickcast:endpointPublicAccessCidrs",
         "list",
@@ -65,11 +79,31 @@ KEYS: tuple[Key, ...] = (
         [],
         "IAM principals given cluster-admin access entries, besides whoever runs `pulumi up`.",
     ),
-    Key("tickcast:cpuInstanceTypes", "list", ["m6i.xlarge"], "Instance types of the CPU node group."),
-    Key("tickcast:cpuMinSize", "integer", 2, "Lower bound of the CPU node group."),
-    Key("tickcast:cpuDesiredSize", "integer", 2, "Desired size of the CPU node group."),
-    Key("tickcast:cpuMaxSize", "integer", 4, "Upper bound of the CPU node group."),
-    Key("tickcast:gpuInstanceTypes", "list", ["g5.xlarge"], "Instance types of the GPU node group (NVIDIA)."),
+    Key(
+        "tickcast:cpuInstanceTypes",
+        "list",
+        ["m6i.xlarge"],
+        "Instance types of the CPU nodes (the system node group and the Karpenter `cpu` NodePool).",
+    ),
+    Key("tickcast:cpuMinSize", "integer", 2, "Lower bound of the CPU (system) node group."),
+    Key(
+        "tickcast:cpuDesiredSize",
+        "integer",
+        2,
+        "Initial size of the CPU node group (later left to EKS: Pulumi ignores drift).",
+    ),
+    Key(
+        "tickcast:cpuMaxSize",
+        "integer",
+        4,
+        "Upper bound of the CPU node group; also caps the Karpenter `cpu` NodePool at this many nodes.",
+    ),
+    Key(
+        "tickcast:gpuInstanceTypes",
+        "list",
+        ["g5.xlarge", "g6.xlarge", "g6e.xlarge", "g4dn.xlarge"],
+        "Instance types Karpenter may launch for GPU pods (NVIDIA, one GPU each); alternatives ride out a shortage.",
+    ),
     Key(
         "tickcast:gpuAmiType",
         "string",
@@ -77,14 +111,24 @@ KEYS: tuple[Key, ...] = (
         "AMI of the GPU nodes; Bottlerocket ships its own device plugin, so the NVIDIA chart is skipped for it.",
         ("AL2023_x86_64_NVIDIA", "BOTTLEROCKET_x86_64_NVIDIA"),
     ),
-    Key("tickcast:gpuMinSize", "integer", 0, "Lower bound of the GPU node group."),
-    Key("tickcast:gpuDesiredSize", "integer", 1, "Desired size of the GPU node group."),
-    Key("tickcast:gpuMaxSize", "integer", 2, "Upper bound of the GPU node group, and of Ray's GPU workers."),
+    Key(
+        "tickcast:gpuMinSize",
+        "integer",
+        0,
+        "Fewest Ray GPU workers (and Serve replicas); 0 lets the GPU nodes go away when idle.",
+    ),
+    Key("tickcast:gpuDesiredSize", "integer", 1, "Ray GPU workers at install."),
+    Key(
+        "tickcast:gpuMaxSize",
+        "integer",
+        2,
+        "Most Ray GPU workers and Serve replicas; the GPU NodePool allows twice this for a RayService upgrade.",
+    ),
     Key(
         "tickcast:gpuCapacityType",
         "string",
         "ON_DEMAND",
-        "Capacity type of the GPU nodes.",
+        "Capacity type of the GPU nodes (SPOT falls back to on-demand when spot is short).",
         ("ON_DEMAND", "SPOT"),
     ),
     Key("tickcast:gpuDiskSizeGb", "integer", 100, "Root volume of a GPU node, in GiB (images with CUDA are large)."),
@@ -144,7 +188,19 @@ KEYS: tuple[Key, ...] = (
         "tickcast:deployApp",
         "boolean",
         True,
-        "Install the tickcast chart; set false for the first `pulumi up`, before the images are pushed.",
+        "Install the tickcast chart (after its images exist); false builds the platform only.",
+    ),
+    Key(
+        "tickcast:buildImages",
+        "boolean",
+        True,
+        "Build the five images (linux/amd64) and push them to ECR in `pulumi up`; false: CI pushed them (imageTag).",
+    ),
+    Key(
+        "tickcast:awaitApp",
+        "boolean",
+        False,
+        "Wait for ready tickcast pods before `pulumi up` succeeds; false: done once Kubernetes accepts the objects.",
     ),
     Key("tickcast:namespace", "string", "tickcast", "Kubernetes namespace of the tickcast release."),
     Key("tickcast:chartPath", "string", "../helm/tickcast", "Path of the tickcast Helm chart, relative to pulumi/."),
@@ -163,6 +219,12 @@ KEYS: tuple[Key, ...] = (
     ),
     Key("tickcast:dashboardHost", "string", "", "DNS name of the dashboard (empty: the load balancer's own name)."),
     Key(
+        "tickcast:dashboardHostedZoneId",
+        "string",
+        "",
+        "Route 53 hosted zone of dashboardHost: external-dns then creates its record (empty: you create it).",
+    ),
+    Key(
         "tickcast:dashboardCertificateArn",
         "string",
         "",
@@ -176,11 +238,18 @@ KEYS: tuple[Key, ...] = (
         "1.13.0",
         "Version of the aws-load-balancer-controller chart (serves the dashboard Ingress).",
     ),
+    Key("tickcast:karpenterVersion", "string", "1.11.1", "Version of the Karpenter chart (node autoscaling)."),
+    Key(
+        "tickcast:externalDnsVersion",
+        "string",
+        "1.16.1",
+        "Version of the external-dns chart (only with dashboardHostedZoneId).",
+    ),
     Key(
         "tickcast:polygonApiKey",
         "secret",
         None,
-        "Polygon/Massive API key, set with `pulumi config set --secret`; stored in Secrets Manager.",
+        "Polygon/Massive API key, set with `pulumi config set --secret`; reaches the producer as a Kubernetes Secret.",
     ),
 )
 
@@ -209,6 +278,7 @@ class StackConfig:
     az_count: int
     nat_gateways: NatGateways
     kubernetes_version: str
+    control_plane_log_retention_days: int
     endpoint_public_access_cidrs: tuple[str, ...]
     admin_role_arns: tuple[str, ...]
     cpu_instance_types: tuple[str, ...]
@@ -232,15 +302,20 @@ class StackConfig:
     kafka_retention_hours: int
     image_tag: str
     deploy_app: bool
+    build_images: bool
+    await_app: bool
     namespace: str
     chart_path: str
     dashboard_scheme: str
     dashboard_allowed_cidrs: tuple[str, ...]
     dashboard_host: str
+    dashboard_hosted_zone_id: str
     dashboard_certificate_arn: str
     kuberay_version: str
     nvidia_device_plugin_version: str
     aws_load_balancer_controller_version: str
+    karpenter_version: str
+    external_dns_version: str
     polygon_api_key: pulumi.Output[str]
 
     @property
@@ -294,6 +369,114 @@ def _size(values: dict[str, Any], prefix: str) -> NodeGroupSize:
     return size
 
 
+# Ranges, names and accounts that exist only in documentation: a stack that still holds one was
+# copied from an example and cannot work (nobody connects from 203.0.113.0/24, nobody owns
+# tickcast.example.com, no certificate lives in account 123456789012).
+DOCUMENTATION_NETWORKS = tuple(
+    ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32")
+)
+"""RFC 5737 (IPv4) and RFC 3849 (IPv6) documentation ranges."""
+RESERVED_DOMAINS = ("example.com", "example.net", "example.org", "example", "test", "invalid", "localhost")
+"""RFC 2606 and RFC 6761 names that never resolve to anything of yours."""
+EXAMPLE_ACCOUNTS = ("123456789012", "111122223333", "444455556666", "000000000000")
+"""Account ids the AWS documentation uses in its examples."""
+CERTIFICATE_ARN = re.compile(
+    r"^arn:aws(?:-cn|-us-gov)?:acm:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):certificate/(?P<id>[0-9a-f-]{36})$"
+)
+PRINCIPAL_ARN = re.compile(r"^arn:aws(?:-cn|-us-gov)?:iam::(?P<account>\d{12}):(?:role|user)/[\w+=,.@/-]+$")
+HOSTED_ZONE_ID = re.compile(r"^Z[A-Z0-9]{1,31}$")
+HOST_NAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,61}[a-z0-9]$")
+
+
+def _check_cidrs(key: str, cidrs: list[str]) -> None:
+    if not cidrs:
+        raise ConfigError(f"tickcast:{key} is empty: nobody could connect; give at least one CIDR")
+    for cidr in cidrs:
+        try:
+            network = ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ConfigError(f"tickcast:{key} has {cidr!r}, which is not a CIDR such as 198.18.7.0/24") from None
+        if any(network.version == doc.version and network.subnet_of(doc) for doc in DOCUMENTATION_NETWORKS):  # type: ignore[arg-type]
+            raise ConfigError(
+                f"tickcast:{key} has {cidr}, a documentation-only range that no real client connects from. "
+                f"Replace it with the public egress address of your workstation, VPN or CI runner as a /32, e.g. "
+                f"`pulumi config set --path 'tickcast:{key}[0]' <your address>/32`"
+            )
+
+
+def _check_account(key: str, arn: str, account: str) -> None:
+    if account in EXAMPLE_ACCOUNTS:
+        raise ConfigError(
+            f"tickcast:{key} is {arn!r}: account {account} is an AWS documentation example. "
+            "Put the ARN from your own account there (`aws sts get-caller-identity` shows its id)"
+        )
+
+
+def check_reachable(v: dict[str, Any]) -> None:
+    """Refuse placeholders and settings that cannot work, before any resource is created.
+
+    Raises:
+        ConfigError: naming the key, what is wrong with its value and how to fix it.
+    """
+    _check_cidrs("endpointPublicAccessCidrs", v["endpointPublicAccessCidrs"])
+    if v["dashboardScheme"] == "internet-facing":
+        _check_cidrs("dashboardAllowedCidrs", v["dashboardAllowedCidrs"])
+    for arn in v["adminRoleArns"]:
+        match = PRINCIPAL_ARN.match(arn)
+        if not match:
+            raise ConfigError(
+                f"tickcast:adminRoleArns has {arn!r}, not an IAM role or user ARN (arn:aws:iam::ACCOUNT:role/NAME)"
+            )
+        _check_account("adminRoleArns", arn, match["account"])
+    host = v["dashboardHost"]
+    if host:
+        if not HOST_NAME.match(host):
+            raise ConfigError(f"tickcast:dashboardHost {host!r} is not a DNS name such as tickcast.markets.acme.io")
+        if any(host == d or host.endswith("." + d) for d in RESERVED_DOMAINS):
+            raise ConfigError(
+                f"tickcast:dashboardHost {host!r} is a reserved example name that will never resolve: "
+                "use a name in a domain you own, or `pulumi config rm tickcast:dashboardHost` to use the "
+                "load balancer's own name"
+            )
+    zone = v["dashboardHostedZoneId"]
+    if zone and (not host or not HOSTED_ZONE_ID.match(zone)):
+        raise ConfigError(
+            f"tickcast:dashboardHostedZoneId {zone!r} needs tickcast:dashboardHost and must be a Route 53 "
+            "hosted zone id such as Z0123456789ABCDEFGHIJ (`aws route53 list-hosted-zones`)"
+        )
+    certificate = v["dashboardCertificateArn"]
+    if certificate:
+        match = CERTIFICATE_ARN.match(certificate)
+        if not match:
+            raise ConfigError(
+                f"tickcast:dashboardCertificateArn {certificate!r} is not an ACM certificate ARN "
+                "(arn:aws:acm:REGION:ACCOUNT:certificate/UUID; `aws acm list-certificates` lists yours)"
+            )
+        _check_account("dashboardCertificateArn", certificate, match["account"])
+        if set(match["id"]) <= {"0", "-"}:
+            raise ConfigError(f"tickcast:dashboardCertificateArn {certificate!r} is a placeholder certificate id")
+        if match["region"] != v["region"]:
+            raise ConfigError(
+                f"tickcast:dashboardCertificateArn is in {match['region']}, but the load balancer is in "
+                f"{v['region']}: request or import the certificate in {v['region']}"
+            )
+        if not host:
+            raise ConfigError(
+                "tickcast:dashboardCertificateArn needs tickcast:dashboardHost (a certificate is issued for a "
+                "name, not for the load balancer's own name)"
+            )
+    unknown = [t for t in (*v["cpuInstanceTypes"], *v["gpuInstanceTypes"]) if t not in INSTANCE_TYPES]
+    if unknown:
+        raise ConfigError(
+            f"instance types {unknown} have no row in tickcast_infra/eks_facts.py INSTANCE_TYPES, so the pods "
+            f"cannot be sized for them: add a row or use one of {', '.join(INSTANCE_TYPES)}"
+        )
+    if any(INSTANCE_TYPES[t][2] for t in v["cpuInstanceTypes"]):
+        raise ConfigError("tickcast:cpuInstanceTypes lists a GPU type: GPU types go in tickcast:gpuInstanceTypes")
+    if not all(INSTANCE_TYPES[t][2] == 1 for t in v["gpuInstanceTypes"]):
+        raise ConfigError("tickcast:gpuInstanceTypes must all have exactly one GPU (one Ray GPU worker per node)")
+
+
 def load() -> StackConfig:
     """Read and check the stack's config.
 
@@ -316,6 +499,7 @@ def load() -> StackConfig:
         )
     if not v["cpuInstanceTypes"] or not v["gpuInstanceTypes"]:
         raise ConfigError("tickcast:cpuInstanceTypes and tickcast:gpuInstanceTypes need at least one type")
+    check_reachable(v)
     return StackConfig(
         stack=pulumi.get_stack(),
         region=v["region"],
@@ -323,6 +507,7 @@ def load() -> StackConfig:
         az_count=v["azCount"],
         nat_gateways=v["natGateways"],
         kubernetes_version=v["kubernetesVersion"],
+        control_plane_log_retention_days=v["controlPlaneLogRetentionDays"],
         endpoint_public_access_cidrs=tuple(v["endpointPublicAccessCidrs"]),
         admin_role_arns=tuple(v["adminRoleArns"]),
         cpu_instance_types=tuple(v["cpuInstanceTypes"]),
@@ -346,15 +531,20 @@ def load() -> StackConfig:
         kafka_retention_hours=v["kafkaRetentionHours"],
         image_tag=v["imageTag"],
         deploy_app=v["deployApp"],
+        build_images=v["buildImages"],
+        await_app=v["awaitApp"],
         namespace=v["namespace"],
         chart_path=v["chartPath"],
         dashboard_scheme=v["dashboardScheme"],
         dashboard_allowed_cidrs=tuple(v["dashboardAllowedCidrs"]),
         dashboard_host=v["dashboardHost"],
+        dashboard_hosted_zone_id=v["dashboardHostedZoneId"],
         dashboard_certificate_arn=v["dashboardCertificateArn"],
         kuberay_version=v["kuberayVersion"],
         nvidia_device_plugin_version=v["nvidiaDevicePluginVersion"],
         aws_load_balancer_controller_version=v["awsLoadBalancerControllerVersion"],
+        karpenter_version=v["karpenterVersion"],
+        external_dns_version=v["externalDnsVersion"],
         polygon_api_key=v["polygonApiKey"],
     )
 

@@ -1,9 +1,10 @@
 """IAM roles for service accounts (IRSA): one role per workload, least privilege.
 
 :data:`WORKLOADS` is the access matrix, the one place that says which workload may touch
-which Kafka topic and group and which secret; its lake part is
+which Kafka topic and group; its lake part is
 :data:`tickcast_infra.lake_access.LAKE_ACCESS` (tables and blob prefixes, read, write or
-maintain). The policy builders are plain functions over ARNs, so tests read the exact
+maintain). No workload reads Secrets Manager: the Polygon key reaches the producer as a
+Kubernetes Secret only (see app.py). The policy builders are plain functions over ARNs, so tests read the exact
 documents the roles get.
 """
 
@@ -40,7 +41,6 @@ class WorkloadAccess:
     kafka_write: tuple[str, ...] = ()
     kafka_groups: tuple[str, ...] = ()
     kafka_create_topics: tuple[str, ...] = ()
-    read_polygon_secret: bool = False
 
     @property
     def uses_lake(self) -> bool:
@@ -60,7 +60,6 @@ WORKLOADS: dict[str, WorkloadAccess] = {
     "producer": WorkloadAccess(
         lake=LAKE_ACCESS["producer"],
         kafka_write=(TOPIC_BARS, TOPIC_DLQ, TOPIC_OPEN_CLOSE),
-        read_polygon_secret=True,
     ),
     # Kafka -> the bars table (its commits record the Kafka positions); bad records to the DLQ.
     "consumer": WorkloadAccess(
@@ -99,7 +98,6 @@ class ResourceArns:
     lake_prefix: str
     lake_kms_key_arn: str
     kafka_cluster_arn: str
-    polygon_secret_arn: str
 
 
 def kafka_arn(cluster_arn: str, kind: str, name: str) -> str:
@@ -171,15 +169,6 @@ def policy_document(access: WorkloadAccess, arns: ResourceArns) -> dict[str, Any
                 "Effect": "Allow",
                 "Action": ["kafka-cluster:DescribeGroup", "kafka-cluster:AlterGroup"],
                 "Resource": [kafka_arn(arns.kafka_cluster_arn, "group", g) for g in access.kafka_groups],
-            }
-        )
-    if access.read_polygon_secret:
-        statements.append(
-            {
-                "Sid": "PolygonSecret",
-                "Effect": "Allow",
-                "Action": ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
-                "Resource": [arns.polygon_secret_arn],
             }
         )
     return {"Version": "2012-10-17", "Statement": statements}
@@ -257,7 +246,6 @@ class WorkloadRolesArgs:
     lake_prefix: str
     lake_kms_key_arn: pulumi.Input[str]
     kafka_cluster_arn: pulumi.Input[str]
-    polygon_secret_arn: pulumi.Input[str]
     workloads: Mapping[str, WorkloadAccess] = field(default_factory=lambda: dict(WORKLOADS))
 
 
@@ -268,9 +256,9 @@ class WorkloadRoles(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: WorkloadRolesArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("tickcast:infra:WorkloadRoles", name, None, opts)
-        resource_arns = pulumi.Output.all(
-            args.bucket_arn, args.lake_kms_key_arn, args.kafka_cluster_arn, args.polygon_secret_arn
-        ).apply(lambda v: ResourceArns(v[0], args.lake_prefix, v[1], v[2], v[3]))
+        resource_arns = pulumi.Output.all(args.bucket_arn, args.lake_kms_key_arn, args.kafka_cluster_arn).apply(
+            lambda v: ResourceArns(v[0], args.lake_prefix, v[1], v[2])
+        )
         self.arns = {}
         for workload, access in args.workloads.items():
             role = IrsaRole(

@@ -19,7 +19,9 @@ def subnet_plan(vpc_cidr: str, az_count: int) -> tuple[list[str], list[str]]:
     the public ones (NAT gateways, load balancers) share the last eighth.
     """
     network = ipaddress.ip_network(vpc_cidr)
-    eighths = list(network.subnets(new_prefix=network.prefixlen + 3))
+    eighths: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = list(
+        network.subnets(new_prefix=network.prefixlen + 3)
+    )
     if az_count > len(eighths) - 1:
         raise ValueError(f"{vpc_cidr} has room for {len(eighths) - 1} zones, not {az_count}")
     private = [str(block) for block in eighths[:az_count]]
@@ -27,14 +29,41 @@ def subnet_plan(vpc_cidr: str, az_count: int) -> tuple[list[str], list[str]]:
     return private, public
 
 
+EKS_UNSUPPORTED_ZONE_IDS = frozenset({"use1-az3", "usw1-az2", "cac1-az3"})
+"""Zone IDs where EKS cannot place its control-plane network interfaces (EKS user guide, "VPC and
+subnet requirements"). MSK brokers share the same private subnets, and the MSK guide lists no
+further exclusion for the zones EKS accepts; an unsupported zone would fail MSK's create call
+by name, so this list is where to add one."""
+
+
+def choose_zone_ids(available: Sequence[str], offering: Sequence[Sequence[str]], count: int) -> list[str]:
+    """The first ``count`` zone IDs (sorted) that EKS supports and where every instance-type
+    family in ``offering`` (each a list of zone IDs offering at least one of its types) exists.
+
+    Raises:
+        ValueError: fewer such zones than ``count``, naming the ones excluded and why.
+    """
+    usable = [z for z in sorted(available) if z not in EKS_UNSUPPORTED_ZONE_IDS]
+    for zones in offering:
+        usable = [z for z in usable if z in set(zones)]
+    if len(usable) < count:
+        raise ValueError(
+            f"tickcast:azCount is {count}, but only {usable} of the region's zones {sorted(available)} "
+            f"support EKS ({sorted(EKS_UNSUPPORTED_ZONE_IDS)} do not) and offer the CPU and GPU instance "
+            "types; lower azCount or add instance types to tickcast:cpuInstanceTypes / gpuInstanceTypes"
+        )
+    return usable[:count]
+
+
 @dataclass(frozen=True)
 class NetworkArgs:
-    """What the network needs: its address range, zones, and how many NAT gateways."""
+    """What the network needs: its address range, zones (by zone ID), and how many NAT gateways."""
 
     cluster_name: str
     region: str
     vpc_cidr: str
-    availability_zones: Sequence[str]
+    zone_ids: Sequence[str]
+    """Zone IDs (``use1-az1``), not names: names map to different physical zones per account."""
     nat_gateways: NatGateways
 
 
@@ -52,7 +81,7 @@ class Network(pulumi.ComponentResource):
     def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("tickcast:infra:Network", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        private_cidrs, public_cidrs = subnet_plan(args.vpc_cidr, len(args.availability_zones))
+        private_cidrs, public_cidrs = subnet_plan(args.vpc_cidr, len(args.zone_ids))
 
         vpc = aws.ec2.Vpc(
             f"{name}-vpc",
@@ -75,12 +104,12 @@ class Network(pulumi.ComponentResource):
         private_subnets: list[aws.ec2.Subnet] = []
         nat_ids: list[pulumi.Output[str]] = []
         private_route_tables: list[aws.ec2.RouteTable] = []
-        for index, zone in enumerate(args.availability_zones):
+        for index, zone in enumerate(args.zone_ids):
             public = aws.ec2.Subnet(
                 f"{name}-public-{index}",
                 vpc_id=vpc.id,
                 cidr_block=public_cidrs[index],
-                availability_zone=zone,
+                availability_zone_id=zone,
                 map_public_ip_on_launch=False,
                 tags={"Name": f"{args.cluster_name}-public-{zone}", "kubernetes.io/role/elb": "1"},
                 opts=child,
@@ -103,7 +132,7 @@ class Network(pulumi.ComponentResource):
                 f"{name}-private-{index}",
                 vpc_id=vpc.id,
                 cidr_block=private_cidrs[index],
-                availability_zone=zone,
+                availability_zone_id=zone,
                 map_public_ip_on_launch=False,
                 tags={"Name": f"{args.cluster_name}-private-{zone}", "kubernetes.io/role/internal-elb": "1"},
                 opts=child,

@@ -1,4 +1,4 @@
-"""Container images: one ECR repository per deployable, plus the Polygon key in Secrets Manager."""
+"""Container images: one ECR repository per deployable."""
 
 from __future__ import annotations
 
@@ -54,11 +54,15 @@ class Registry(pulumi.ComponentResource):
     """ECR repositories with immutable tags, scan on push and KMS encryption."""
 
     repository_urls: dict[str, pulumi.Output[str]]
+    repository_names: dict[str, pulumi.Output[str]]
+    registry_ids: dict[str, pulumi.Output[str]]
 
     def __init__(self, name: str, args: RegistryArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("tickcast:infra:Registry", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         self.repository_urls = {}
+        self.repository_names = {}
+        self.registry_ids = {}
         for image in args.images:
             repo = aws.ecr.Repository(
                 f"{name}-{image}",
@@ -73,40 +77,6 @@ class Registry(pulumi.ComponentResource):
                 f"{name}-{image}", repository=repo.name, policy=lifecycle_policy(args.keep_images), opts=child
             )
             self.repository_urls[image] = repo.repository_url
+            self.repository_names[image] = repo.name
+            self.registry_ids[image] = repo.registry_id
         self.register_outputs({"repositoryUrls": self.repository_urls})
-
-
-@dataclass(frozen=True)
-class PolygonSecretArgs:
-    """The key itself comes from the stack's secret config and stays a secret output."""
-
-    cluster_name: str
-    api_key: pulumi.Input[str]
-    force_destroy: bool
-
-
-class PolygonSecret(pulumi.ComponentResource):
-    """The Polygon/Massive API key in Secrets Manager (encrypted with the account's managed key)."""
-
-    arn: pulumi.Output[str]
-    name: pulumi.Output[str]
-
-    def __init__(self, name: str, args: PolygonSecretArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__("tickcast:infra:PolygonSecret", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
-        secret = aws.secretsmanager.Secret(
-            name,
-            name=f"{args.cluster_name}/polygon-api-key",
-            description="Polygon/Massive API key of the tickcast producer",
-            recovery_window_in_days=0 if args.force_destroy else 7,
-            opts=child,
-        )
-        aws.secretsmanager.SecretVersion(
-            name,
-            secret_id=secret.id,
-            secret_string=pulumi.Output.secret(args.api_key),
-            opts=child,
-        )
-        self.arn = secret.arn
-        self.name = secret.name
-        self.register_outputs({"arn": self.arn})

@@ -10,13 +10,16 @@ import pulumi_aws as aws
 
 from tickcast_infra.addons import Addons, AddonsArgs
 from tickcast_infra.app import AppArgs, ChartInputs, DashboardIngress, TickcastApp
+from tickcast_infra.autoscaling import NodeAutoscaling, NodeAutoscalingArgs
 from tickcast_infra.cluster import Cluster, ClusterArgs, NodeGroupSpec
 from tickcast_infra.config import StackConfig
+from tickcast_infra.eks_facts import chart_resources
 from tickcast_infra.iam import KAFKA_ADMIN, KAFKA_ADMIN_ACCESS, WorkloadRoles, WorkloadRolesArgs
+from tickcast_infra.images import Images, ImagesArgs
 from tickcast_infra.kafka import Kafka, KafkaArgs
 from tickcast_infra.lake import Lake, LakeArgs
-from tickcast_infra.network import Network, NetworkArgs
-from tickcast_infra.registry import PolygonSecret, PolygonSecretArgs, Registry, RegistryArgs
+from tickcast_infra.network import Network, NetworkArgs, choose_zone_ids
+from tickcast_infra.registry import Registry, RegistryArgs
 
 BOTTLEROCKET_NVIDIA = "BOTTLEROCKET_x86_64_NVIDIA"
 
@@ -31,19 +34,30 @@ class Stack:
     lake: Lake
     kafka: Kafka
     registry: Registry
-    polygon: PolygonSecret
+    images: Images
     roles: WorkloadRoles
+    autoscaling: NodeAutoscaling
     addons: Addons
     app: TickcastApp | None
     outputs: dict[str, Any] = field(default_factory=dict)
 
 
-def availability_zones(count: int) -> list[str]:
-    """The first ``count`` available zones of the region."""
-    zones = sorted(aws.get_availability_zones(state="available").names)
-    if len(zones) < count:
-        raise ValueError(f"tickcast:azCount is {count} but the region has {len(zones)} available zones")
-    return zones[:count]
+def zone_ids(config: StackConfig) -> list[str]:
+    """Zone IDs for the subnets: EKS-supported zones offering a CPU and a GPU instance type.
+
+    By ID, not name: ``us-east-1a`` is a different physical zone in each account, and the
+    exclusions and instance offerings are per physical zone.
+    """
+    available = aws.get_availability_zones(
+        state="available", filters=[{"name": "opt-in-status", "values": ["opt-in-not-required"]}]
+    ).zone_ids
+    offering = [
+        aws.ec2.get_instance_type_offerings(
+            location_type="availability-zone-id", filters=[{"name": "instance-type", "values": list(types)}]
+        ).locations
+        for types in (config.cpu_instance_types, config.gpu_instance_types)
+    ]
+    return choose_zone_ids(available, offering, config.az_count)
 
 
 def build(config: StackConfig) -> Stack:
@@ -55,7 +69,7 @@ def build(config: StackConfig) -> Stack:
             cluster_name=name,
             region=config.region,
             vpc_cidr=config.vpc_cidr,
-            availability_zones=availability_zones(config.az_count),
+            zone_ids=zone_ids(config),
             nat_gateways=config.nat_gateways,
         ),
     )
@@ -64,6 +78,7 @@ def build(config: StackConfig) -> Stack:
         ClusterArgs(
             cluster_name=name,
             kubernetes_version=config.kubernetes_version,
+            log_retention_days=config.control_plane_log_retention_days,
             vpc_id=network.vpc_id,
             private_subnet_ids=network.private_subnet_ids,
             public_subnet_ids=network.public_subnet_ids,
@@ -72,15 +87,10 @@ def build(config: StackConfig) -> Stack:
             cpu=NodeGroupSpec(
                 instance_types=config.cpu_instance_types, size=config.cpu_size, ami_type="AL2023_x86_64_STANDARD"
             ),
-            gpu=NodeGroupSpec(
-                instance_types=config.gpu_instance_types,
-                size=config.gpu_size,
-                ami_type=config.gpu_ami_type,
-                capacity_type=config.gpu_capacity_type,
-                disk_size_gb=config.gpu_disk_size_gb,
-            ),
         ),
     )
+    # Everything on the cluster waits for usable CPU nodes, and nothing waits for a GPU node.
+    cpu_nodes: list[pulumi.Resource] = [cluster.cpu_node_group, *cluster.addons]
     lake = Lake(
         "lake",
         LakeArgs(
@@ -109,9 +119,15 @@ def build(config: StackConfig) -> Stack:
         ),
     )
     registry = Registry("images", RegistryArgs(cluster_name=name, force_destroy=config.force_destroy))
-    polygon = PolygonSecret(
-        "polygon",
-        PolygonSecretArgs(cluster_name=name, api_key=config.polygon_api_key, force_destroy=config.force_destroy),
+    images = Images(
+        "images",
+        ImagesArgs(
+            tag=config.image_tag,
+            build=config.build_images,
+            repository_urls=registry.repository_urls,
+            repository_names=registry.repository_names,
+            registry_ids=registry.registry_ids,
+        ),
     )
     workloads = WorkloadRolesArgs(
         cluster_name=name,
@@ -122,11 +138,31 @@ def build(config: StackConfig) -> Stack:
         lake_prefix=config.lake_prefix,
         lake_kms_key_arn=lake.kms_key_arn,
         kafka_cluster_arn=kafka.cluster_arn,
-        polygon_secret_arn=polygon.arn,
     )
     if not kafka.topics_managed:
         workloads = replace(workloads, workloads={**workloads.workloads, KAFKA_ADMIN: KAFKA_ADMIN_ACCESS})
     roles = WorkloadRoles("workloads", workloads)
+    autoscaling = NodeAutoscaling(
+        "karpenter",
+        NodeAutoscalingArgs(
+            cluster_name=name,
+            region=config.region,
+            oidc_provider_arn=cluster.oidc_provider_arn,
+            oidc_issuer=cluster.oidc_issuer,
+            provider=cluster.provider,
+            subnet_ids=network.private_subnet_ids,
+            security_group_id=cluster.node_security_group_id,
+            cpu_instance_types=config.cpu_instance_types,
+            cpu_max_nodes=config.cpu_size.max_size,
+            gpu_instance_types=config.gpu_instance_types,
+            gpu_max_workers=config.gpu_size.max_size,
+            gpu_capacity_type=config.gpu_capacity_type,
+            gpu_ami_alias="bottlerocket@latest" if config.gpu_ami_type == BOTTLEROCKET_NVIDIA else "al2023@latest",
+            gpu_disk_size_gb=config.gpu_disk_size_gb,
+            version=config.karpenter_version,
+            depends_on=cpu_nodes,
+        ),
+    )
     addons = Addons(
         "addons",
         AddonsArgs(
@@ -136,11 +172,14 @@ def build(config: StackConfig) -> Stack:
             oidc_provider_arn=cluster.oidc_provider_arn,
             oidc_issuer=cluster.oidc_issuer,
             provider=cluster.provider,
-            node_groups=cluster.node_groups,
+            cpu_nodes=cpu_nodes,
             kuberay_version=config.kuberay_version,
             nvidia_device_plugin_version=config.nvidia_device_plugin_version,
             aws_load_balancer_controller_version=config.aws_load_balancer_controller_version,
             install_device_plugin=config.gpu_ami_type != BOTTLEROCKET_NVIDIA,
+            dashboard_host=config.dashboard_host,
+            dashboard_hosted_zone_id=config.dashboard_hosted_zone_id,
+            external_dns_version=config.external_dns_version,
         ),
     )
 
@@ -170,10 +209,15 @@ def build(config: StackConfig) -> Stack:
                         host=config.dashboard_host,
                         certificate_arn=config.dashboard_certificate_arn,
                     ),
+                    image_digests=images.digests,
+                    pod_resources=chart_resources(config.cpu_instance_types, config.gpu_instance_types),
                 ),
                 polygon_api_key=config.polygon_api_key,
                 provider=cluster.provider,
-                depends_on=[*addons.releases, *kafka.topics],
+                # The images, the add-ons (after the load balancer controller) and Karpenter's
+                # pools; not a GPU node: without one, Serve's workers wait Pending, alone.
+                depends_on=[*addons.releases, *autoscaling.node_pools, *kafka.topics],
+                await_health=config.await_app,
                 topics_job_role_arn=None if kafka.topics_managed else roles.arns[KAFKA_ADMIN],
             ),
         )
@@ -188,12 +232,13 @@ def build(config: StackConfig) -> Stack:
         "bootstrapServers": kafka.bootstrap_servers,
         "kafkaClusterArn": kafka.cluster_arn,
         "ecrRepositories": registry.repository_urls,
-        "polygonSecretArn": polygon.arn,
+        "imageDigests": images.digests,
+        "kubernetesVersion": config.kubernetes_version,
         "workloadRoleArns": roles.arns,
         "dashboardUrl": app.dashboard_url if app else not_deployed,
         "serveEndpoint": app.serve_endpoint if app else not_deployed,
     }
-    return Stack(config, network, cluster, lake, kafka, registry, polygon, roles, addons, app, outputs)
+    return Stack(config, network, cluster, lake, kafka, registry, images, roles, autoscaling, addons, app, outputs)
 
 
 def export(stack: Stack) -> None:

@@ -42,8 +42,23 @@ README = REPO_ROOT / "helm" / "README.md"
 KUBERAY_CRDS = REPO_ROOT.parent / "shared" / "kuberay-crds" / "v1.7.0"
 #: The names the Pulumi program reads back from the release it installs (plain Python).
 PULUMI_CHART_NAMES = REPO_ROOT / "pulumi" / "tickcast_infra" / "chart_names.py"
-#: The EKS version the chart targets (kubernetes-validate ships schemas up to 1.37).
-KUBE_VERSION = "1.33.0"
+#: What EKS gives (Kubernetes version, node shapes, pod sizes): plain Python, loaded without Pulumi.
+PULUMI_EKS_FACTS = REPO_ROOT / "pulumi" / "tickcast_infra" / "eks_facts.py"
+
+
+def _load_plain(path: Path, name: str) -> ModuleType:
+    """A plain-Python module of the Pulumi program, loaded on its own (no Pulumi, no package)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec and spec.loader, path
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+EKS_FACTS = _load_plain(PULUMI_EKS_FACTS, "pulumi_eks_facts")
+#: The EKS version the chart targets: the Pulumi program's one setting (kubernetes-validate
+#: ships schemas up to 1.37).
+KUBE_VERSION = f"{EKS_FACTS.KUBERNETES_VERSION}.0"
 RELEASE = "tickcast"
 NAMESPACE = "tickcast"
 VALUE_SETS = {
@@ -1140,3 +1155,130 @@ if __name__ == "__main__":
         _write_readme()
     else:
         print(values_table())
+
+
+# --------------------------------------------------------------------------------------------
+# Pods fit the nodes of each Pulumi stack
+
+PULUMI_STACKS = ("dev", "prod")
+_UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9}
+
+
+def _milli_cpu(quantity: str | int | float) -> int:
+    text = str(quantity)
+    return int(text[:-1]) if text.endswith("m") else int(float(text) * 1000)
+
+
+def _mib(quantity: str | int | float) -> float:
+    text = str(quantity)
+    for suffix, factor in _UNITS.items():
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * factor / 2**20
+    return float(text) / 2**20
+
+
+def _pod_requests(spec: dict[str, Any]) -> tuple[int, float]:
+    """(CPU millicores, memory MiB) the scheduler reserves for a pod: the sum of its containers,
+    or its largest init container if that is more (Kubernetes' effective request)."""
+
+    def requests(container: dict[str, Any]) -> tuple[int, float]:
+        resources = container.get("resources", {})
+        # a limit without a request makes the request equal the limit
+        found = {**resources.get("limits", {}), **resources.get("requests", {})}
+        return _milli_cpu(found.get("cpu", 0)), _mib(found.get("memory", 0))
+
+    containers = [requests(c) for c in spec["containers"]]
+    inits = [requests(c) for c in spec.get("initContainers", [])]
+    cpu = max([sum(c for c, _ in containers), *(c for c, _ in inits)])
+    memory = max([sum(m for _, m in containers), *(m for _, m in inits)])
+    return cpu, memory
+
+
+def _pool_of(spec: dict[str, Any]) -> str:
+    selector = spec.get("nodeSelector", {})
+    wants_gpu = any("nvidia.com/gpu" in c.get("resources", {}).get("limits", {}) for c in spec["containers"])
+    return "gpu" if wants_gpu or selector.get("tickcast.io/node-pool") == "gpu" else "cpu"
+
+
+def _stack_types(stack: str) -> dict[str, list[str]]:
+    config = yaml.safe_load((REPO_ROOT / "pulumi" / f"Pulumi.{stack}.yaml").read_text())["config"]
+    return {"cpu": config["tickcast:cpuInstanceTypes"], "gpu": config["tickcast:gpuInstanceTypes"]}
+
+
+def _stack_values(types: dict[str, list[str]], sized: bool = True) -> dict[str, Any]:
+    """The values pulumi/tickcast_infra/app.py passes that decide placement and size (its
+    chart_values() with eks_facts.chart_resources()), with the fine-tune RayJob enabled so its
+    pods are checked too."""
+    values: dict[str, Any] = {
+        "rayService": {
+            "head": {"nodeSelector": {"tickcast.io/node-pool": "cpu"}},
+            "workerGroup": {
+                "nodeSelector": {"tickcast.io/node-pool": "gpu"},
+                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            },
+        },
+        "jobs": {"finetune": {"enabled": True}},
+    }
+    if sized:
+        resources = EKS_FACTS.chart_resources(types["cpu"], types["gpu"])
+        values["rayService"]["workerGroup"].update(resources["rayService"]["workerGroup"])
+        values["jobs"]["backtest"] = resources["jobs"]["backtest"]
+        values["jobs"]["finetune"].update(resources["jobs"]["finetune"])
+    return values
+
+
+def _misfits(docs: list[dict[str, Any]], types: dict[str, list[str]]) -> list[str]:
+    room = {pool: EKS_FACTS.pod_room(types[pool]) for pool in ("cpu", "gpu")}
+    misfits = []
+    for label, _, spec in _pod_specs(docs):
+        pool = _pool_of(spec)
+        cpu, memory = _pod_requests(spec)
+        room_cpu, room_memory = room[pool]
+        if cpu > room_cpu or memory > room_memory:
+            misfits.append(
+                f"{label} asks for {cpu}m CPU and {memory:.0f}Mi but a {pool} node ({types[pool]}) "
+                f"has room for {room_cpu}m and {room_memory}Mi"
+            )
+    return misfits
+
+
+@pytest.mark.parametrize("stack", PULUMI_STACKS)
+def test_every_pod_fits_a_node_of_its_pool_in_each_stack(chart: Any, stack: str) -> None:
+    """Each pod Pulumi's release renders fits an empty node (less DaemonSets) of the smallest
+    instance type of its pool, computed as EKS computes allocatable (eks_facts.allocatable)."""
+    types = _stack_types(stack)
+    docs = _docs(_render(chart, _stack_values(types)))
+    pods = _pod_specs(docs)
+    assert {_pool_of(spec) for _, _, spec in pods} == {"cpu", "gpu"}
+    assert len(pods) >= 8, [label for label, _, _ in pods]
+    assert not _misfits(docs, types)
+
+
+def test_the_fit_check_catches_the_old_dev_gpu_worker(chart: Any) -> None:
+    """The finding: a 4 CPU / 16Gi worker (the chart's old default) never fits a g5.xlarge, and a
+    2 CPU / 8Gi backtest never fits an m6i.large; the check must say so."""
+    types = _stack_types("dev")
+    values = _stack_values(types, sized=False)
+    values["rayService"]["workerGroup"]["resources"] = {
+        "requests": {"cpu": "4", "memory": "16Gi"},
+        "limits": {"cpu": "8", "memory": "24Gi"},
+    }
+    values["jobs"]["backtest"] = {"resources": {"requests": {"cpu": "2", "memory": "8Gi"}}}
+    misfits = _misfits(_docs(_render(chart, values)), types)
+    assert any("RayService/tickcast-serving/gpu asks for 4000m" in m for m in misfits), misfits
+    assert any("CronJob/tickcast-backtest asks for 2000m" in m for m in misfits), misfits
+
+
+def test_chart_defaults_fit_the_smallest_supported_nodes(chart: Any) -> None:
+    """Without Pulumi's sizing the chart still fits a 4-vCPU/16 GiB GPU node and a 2-vCPU/8 GiB
+    CPU node (the dev shapes)."""
+    types = {"cpu": ["m6i.large"], "gpu": ["g5.xlarge", "g4dn.xlarge"]}
+    assert not _misfits(_docs(_render(chart, _stack_values(types, sized=False))), types)
+
+
+def test_allocatable_follows_the_eks_formula() -> None:
+    """g5.xlarge: 4 vCPU -> 4000 - (60 + 10 + 5 + 5) = 3920m; 16 GiB less 7.5% = 15155Mi, less
+    kube-reserved 255 + 11 x 58 pods = 893Mi and eviction 100Mi = 14162Mi (about 13.8 GiB)."""
+    assert EKS_FACTS.allocatable("g5.xlarge") == (3920, 14162)
+    assert EKS_FACTS.allocatable("m6i.large") == (1930, 6903)
+    assert EKS_FACTS.kube_reserved_cpu_milli(8) == 90
