@@ -64,5 +64,8 @@ def test_prebuilt_images_are_looked_up_and_a_missing_one_stops_the_preview() -> 
     config["tickcast:buildImages"] = False
     deployment = run_program("prebuilt", config)
     assert not deployment.of_type(IMAGE)
+    # CI pushes a new tag per release, so here tags are immutable.
+    repos = deployment.of_type("aws:ecr/repository:Repository")
+    assert repos and all(r.inputs["imageTagMutability"] == "IMMUTABLE" for r in repos)
     values = deployment.one("kubernetes:helm.sh/v3:Release", "tickcast").inputs["values"]
     assert values["dashboard"]["image"]["digest"] == f"sha256:{'ab' * 32}"

@@ -10,7 +10,8 @@ def test_one_hardened_repository_per_image(deployment: Deployment) -> None:
     repos = {r.inputs["name"]: r.inputs for r in deployment.of_type("aws:ecr/repository:Repository")}
     assert set(repos) == {f"tickcast-{deployment.stack}/{image}" for image in IMAGES}
     for repo in repos.values():
-        assert repo["imageTagMutability"] == "IMMUTABLE"
+        # `pulumi up` builds (the default) and pushes under the stack's tag after each change.
+        assert repo["imageTagMutability"] == "MUTABLE"
         assert repo["imageScanningConfiguration"] == {"scanOnPush": True}
         assert repo["encryptionConfigurations"] == [{"encryptionType": "KMS"}]
     assert len(deployment.of_type("aws:ecr/lifecyclePolicy:LifecyclePolicy")) == len(IMAGES)

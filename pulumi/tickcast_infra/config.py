@@ -183,7 +183,7 @@ KEYS: tuple[Key, ...] = (
     ),
     Key("tickcast:kafkaRetentionHours", "integer", 168, "Retention of each topic, in hours."),
     # images and app
-    Key("tickcast:imageTag", "string", "0.1.0", "Image tag deployed from the ECR repositories (tags are immutable)."),
+    Key("tickcast:imageTag", "string", "0.1.0", "Image tag pushed and deployed (the chart pins each image by digest; tags are immutable when CI pushes them)."),
     Key(
         "tickcast:deployApp",
         "boolean",

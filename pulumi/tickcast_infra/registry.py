@@ -46,12 +46,16 @@ class RegistryArgs:
 
     cluster_name: str
     force_destroy: bool
+    # CI pushes a new tag per release: tags stay immutable. When `pulumi up` builds, it pushes
+    # under the stack's one tag again after each change, so tags must move; the chart pulls
+    # by digest either way, so a moved tag never changes what runs.
+    immutable_tags: bool = True
     images: Sequence[str] = IMAGES
     keep_images: int = 50
 
 
 class Registry(pulumi.ComponentResource):
-    """ECR repositories with immutable tags, scan on push and KMS encryption."""
+    """ECR repositories with scan on push and KMS encryption; immutable tags unless `pulumi up` builds."""
 
     repository_urls: dict[str, pulumi.Output[str]]
     repository_names: dict[str, pulumi.Output[str]]
@@ -67,7 +71,7 @@ class Registry(pulumi.ComponentResource):
             repo = aws.ecr.Repository(
                 f"{name}-{image}",
                 name=f"{args.cluster_name}/{image}",
-                image_tag_mutability="IMMUTABLE",
+                image_tag_mutability="IMMUTABLE" if args.immutable_tags else "MUTABLE",
                 image_scanning_configuration=aws.ecr.RepositoryImageScanningConfigurationArgs(scan_on_push=True),
                 encryption_configurations=[aws.ecr.RepositoryEncryptionConfigurationArgs(encryption_type="KMS")],
                 force_delete=args.force_destroy,

@@ -118,7 +118,10 @@ def build(config: StackConfig) -> Stack:
             retention_hours=config.kafka_retention_hours,
         ),
     )
-    registry = Registry("images", RegistryArgs(cluster_name=name, force_destroy=config.force_destroy))
+    registry = Registry(
+        "images",
+        RegistryArgs(cluster_name=name, force_destroy=config.force_destroy, immutable_tags=not config.build_images),
+    )
     images = Images(
         "images",
         ImagesArgs(
