@@ -1,10 +1,21 @@
 """Acceptance: exactly-once through SIGKILLs of the sink, the broker and MinIO, re-sent bars
-and a concurrent optimize.
+and a concurrent optimize, and a sink killed between a data-file write and its commit.
 
-Runs on a private Kafka + MinIO (the ``private_infra`` fixture), because it kills and
-restarts both; the shared test infrastructure stays up for everyone else. The sink runs
-as real processes (``python -m consumer``) on an ``s3://`` lake in MinIO. At the end the
-bars table is counted by delta-rs and DuckDB, not by tickcast or the sink's counters.
+The sink runs as real processes (``python -m consumer``), each in its own session so a
+kill takes exactly it. Two cases:
+
+* ``s3://`` lake in MinIO, on a private Kafka + MinIO (the ``private_infra`` fixture),
+  because it SIGKILLs both (their whole process groups) and restarts them on the same data
+  folders; the shared test infrastructure stays up for everyone else. The test plays the
+  supervisor: a sink that exits is started again, as ``tickcast up`` would.
+* ``file://`` lake on the shared Kafka: a sink is frozen the moment a new data file appears
+  and killed if no log version references it yet, so a kill provably lands between a write
+  and its commit (:class:`chaos.WriteWatch`). That needs a local folder:
+  a frozen process cannot finish a local rename, while a commit request to MinIO may
+  already be on the wire.
+
+At the end the bars table is counted through the Delta log twice, by tickcast's reader
+(duplicates not folded) and by delta-rs + DuckDB, not by the sink's counters.
 """
 
 from __future__ import annotations
@@ -25,18 +36,35 @@ from typing import Any
 import deltalake
 import duckdb
 import pytest
+from chaos import (
+    WriteWatch,
+    committed_files,
+    data_files,
+    freeze,
+    idle_on_cpu,
+    kill_group,
+    transaction_versions,
+    uncommitted_data_files,
+    watch_cpu,
+)
 from conftest import REPO_ROOT, LocalInfra
 from pydantic import SecretStr
 
-from tickcast.contracts import Bar
+from consumer.sink import app_id
+from tickcast.contracts import INTERVALS, Bar
 from tickcast.infra.manager import InfraManager
 from tickcast.kafka import ensure_topics, make_admin, make_consumer, make_producer
-from tickcast.lake import Lake
+from tickcast.lake import BARS, Lake, tables
 from tickcast.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 
 T0 = datetime(2024, 5, 6, 13, 30, tzinfo=UTC)
+#: Commits watched for a kill between a data-file write and its commit: by construction the
+#: first should do (see chaos.WriteWatch); the others cover a watcher woken late by a busy
+#: machine. And the bars each commit holds.
+BETWEEN_ATTEMPTS = 10
+CHUNK = 200
 TICKERS = [f"C{i:02d}" for i in range(16)]
 
 
@@ -46,6 +74,20 @@ def bars(first: int, n: int) -> list[tuple[bytes, bytes]]:
         ticker = TICKERS[i % len(TICKERS)]
         start = T0 + timedelta(minutes=i // len(TICKERS))
         bar = Bar(ticker, "minute", start, start + timedelta(minutes=1), 10, 11, 9, 10.5, float(i), None, i, "chaos")
+        out.append((ticker.encode(), bar.to_json()))
+    return out
+
+
+def spread_bars(first: int, n: int) -> list[tuple[bytes, bytes]]:
+    """Bars ``first .. first+n-1`` spread over all four intervals, so each commit writes four
+    data files (one per ``interval`` partition), each ticker's bars in time order."""
+    out = []
+    names = sorted(INTERVALS)
+    for i in range(first, first + n):
+        interval, j = names[i % len(names)], i // len(names)
+        ticker = TICKERS[j % len(TICKERS)]
+        start = T0 + (j // len(TICKERS)) * INTERVALS[interval]
+        bar = Bar(ticker, interval, start, start + INTERVALS[interval], 10, 11, 9, 10.5, float(i), None, i, "chaos")
         out.append((ticker.encode(), bar.to_json()))
     return out
 
@@ -106,32 +148,38 @@ class Sinks:
                 proc.kill()
                 proc.wait(10)
 
-    def start(self, **env: str) -> tuple[subprocess.Popen[str], Path]:
+    def start(self, idle_cpu: int | None = None, **env: str) -> tuple[subprocess.Popen[str], Path]:
+        """Start one sink (extra ``TICKCAST_*`` variables in ``env``; with ``idle_cpu``, pinned
+        to that CPU under SCHED_IDLE, see :class:`chaos.WriteWatch`); returns it and its log."""
         self.runs += 1
         log = self.logs / f"sink-{self.runs}.log"
         handle = log.open("w")
+        argv = [sys.executable, "-m", "consumer"]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "consumer"],
+            argv if idle_cpu is None else idle_on_cpu(argv, idle_cpu),
             cwd=REPO_ROOT,
             env={**self.env, **env},
             stdout=handle,
             stderr=subprocess.STDOUT,
             text=True,
+            start_new_session=True,  # its own process group: kill_group takes it and nothing else
         )
         handle.close()
         self.procs.append(proc)
         return proc, log
 
 
+def assigned(log: Path) -> Callable[[], bool]:
+    """Whether the sink logging to ``log`` has got its partitions."""
+    return lambda: "assigned" in log.read_text()
+
+
 def kill_service(manager: InfraManager, name: str) -> None:
     """SIGKILL a local service (its whole process group), as a crash or an OOM kill would."""
     pid = manager.service(name).pid()
     assert pid is not None, f"{name} is not running"
-    os.killpg(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while manager.service(name).pid() is not None:
-        assert time.monotonic() < deadline, f"{name} survived SIGKILL"
-        time.sleep(0.1)
+    kill_group(pid)
+    assert manager.service(name).pid() is None, f"{name} still has a pid file with a live process"
 
 
 def start_optimize(settings: Settings, log: Path) -> subprocess.Popen[str]:
@@ -154,6 +202,32 @@ def wait_until(what: str, check: Callable[[], bool], timeout: float, procs: list
             assert proc.poll() is None, f"sink died (exit {proc.returncode}):\n{log.read_text()[-3000:]}"
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.5)
+
+
+def assert_exactly_once(lake: Lake, produced: int) -> int:
+    """Assert the bars table holds bars ``0 .. produced-1`` (by volume), each key exactly once.
+
+    Read twice through the Delta log: by tickcast's reader with duplicates *not* folded
+    (``unique=False``: the default would hide a bar written twice), and by delta-rs' Arrow
+    reader counted in DuckDB. Returns the row count.
+    """
+    ours = tables.scan(lake, BARS, columns=["ticker", "interval", "start", "volume"], unique=False)
+    theirs = deltalake.DeltaTable(lake.table_uri("bars"), storage_options=lake.storage_options).to_pyarrow_table(
+        columns=["ticker", "interval", "start", "volume"]
+    )
+    for name, table in (("ours", ours), ("theirs", theirs)):
+        con = duckdb.connect()
+        con.register(name, table)
+        rows, keys, volumes, low, high = con.execute(
+            "select count(*), count(distinct (ticker, interval, start)), count(distinct volume), min(volume), "
+            f"max(volume) from {name}"
+        ).fetchone()  # type: ignore[misc]
+        # complete (every volume 0..produced-1 is there) and no key twice
+        assert (rows, keys, volumes, low, high) == (produced, produced, produced, 0, produced - 1), (
+            f"{name}: {rows} rows, {keys} distinct keys, {volumes} distinct volumes in [{low}, {high}]; "
+            f"expected {produced} bars each once"
+        )
+    return int(ours.num_rows)
 
 
 def test_exactly_once_through_kills_broker_restart_and_store_outage(
@@ -196,12 +270,7 @@ def test_exactly_once_through_kills_broker_restart_and_store_outage(
         produce(settings, topic, bars(produced, n))
         produced += n
 
-    def caught_up() -> bool:
-        ends, done = end_offsets(settings, topic), group_offsets(settings, settings.consumer.group_id)
-        return all(done.get(p) == end for p, end in ends.items())
-
-    def assigned(log: Path) -> Callable[[], bool]:
-        return lambda: "assigned" in log.read_text()
+    all_stored = caught_up(settings, topic)
 
     # 1. SIGKILL at random points: once while starting or joining, then while consuming,
     #    writing and committing.
@@ -229,7 +298,7 @@ def test_exactly_once_through_kills_broker_restart_and_store_outage(
     time.sleep(2)
     manager.start_service("kafka")
     more(3000)
-    wait_until("the sink to catch up after the broker restart", caught_up, 180, [(proc, log)])
+    wait_until("the sink to catch up after the broker restart", all_stored, 180, [(proc, log)])
     assert optimizer.wait(180) in (0, 1), (tmp_path / "optimize.log").read_text()[-3000:]
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
@@ -244,7 +313,7 @@ def test_exactly_once_through_kills_broker_restart_and_store_outage(
     time.sleep(8)
     assert proc.poll() is None, f"the sink must survive a short store outage:\n{log.read_text()[-3000:]}"
     manager.start_service("minio")
-    wait_until("the sink to catch up after the store outage", caught_up, 180, [(proc, log)])
+    wait_until("the sink to catch up after the store outage", all_stored, 180, [(proc, log)])
     noticed = ("lake write failed", "reading the table's positions failed")
     assert any(text in log.read_text() for text in noticed), "the outage went unnoticed"
     proc.send_signal(signal.SIGKILL)
@@ -265,29 +334,104 @@ def test_exactly_once_through_kills_broker_restart_and_store_outage(
 
     # 5. A last run to the end, stopped gracefully.
     proc, log = sinks.start()
-    wait_until("the final sink to catch up", caught_up, 240, [(proc, log)])
+    wait_until("the final sink to catch up", all_stored, 240, [(proc, log)])
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 0, log.read_text()[-3000:]
     stats = json.loads(log.read_text().strip().splitlines()[-1])
     assert stats["rejected"] >= 0
 
-    # The table holds exactly the produced bars, each once, counted by delta-rs and DuckDB.
     lake = Lake(settings.lake)
-    table = deltalake.DeltaTable(lake.table_uri("bars"), storage_options=lake.storage_options).to_pyarrow_table(
-        columns=["ticker", "interval", "start", "volume"]
-    )
-    con = duckdb.connect()
-    con.register("bars", table)
-    rows, keys, volumes, low, high = con.execute(
-        "select count(*), count(distinct (ticker, interval, start)), count(distinct volume), min(volume), "
-        "max(volume) from bars"
-    ).fetchone()  # type: ignore[misc]
+    rows = assert_exactly_once(lake, produced)
     print(f"chaos: {produced} produced (+1000 re-sent), {rows} rows in the table, {sinks.runs} sink runs")
-    assert (rows, keys, volumes) == (produced, produced, produced)
-    assert (low, high) == (0, produced - 1)
     # the re-sent bars were merged (not appended), and the optimize committed next to the sink
     operations = [
         entry["operation"]
         for entry in deltalake.DeltaTable(lake.table_uri("bars"), storage_options=lake.storage_options).history()
     ]
     assert "MERGE" in operations, operations
+
+
+def test_a_sink_killed_between_a_data_file_write_and_its_commit_loses_and_repeats_nothing(
+    settings: Settings, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Deterministically, not by luck: the sink runs pinned to one CPU under SCHED_IDLE, and
+    the test's watching thread on the same CPU wakes the moment a data file appears, stops
+    the sink there, and kills it if no log version references the file yet (see
+    :class:`chaos.WriteWatch`). Bars arrive in chunks of ``CHUNK`` (a commit of four data
+    files each, one per interval); up to ``BETWEEN_ATTEMPTS`` commits are watched, and the
+    watch is asserted to have landed. The orphaned files stay in the folder, uncommitted,
+    and the next sink re-reads their bars from the table's positions: every bar lands once."""
+    topic = f"bars-between-{uuid.uuid4().hex[:6]}"
+    settings = settings.model_copy(
+        update={
+            "kafka": settings.kafka.model_copy(update={"topic_bars": topic, "topic_dlq": f"dlq-{topic}"}),
+            "consumer": settings.consumer.model_copy(
+                update={
+                    "group_id": f"between-{uuid.uuid4().hex[:6]}",
+                    "flush_interval_s": 0.5,  # a chunk is sealed and committed half a second after it arrives
+                    "session_timeout_s": 6.0,
+                    "metrics_port": 0,
+                }
+            ),
+        }
+    )
+    ensure_topics(settings.kafka, {topic: 4, settings.kafka.topic_dlq: 1})
+    lake = Lake(settings.lake)
+    assert lake.is_local
+    group = settings.consumer.group_id
+    sinks = Sinks(settings, tmp_path)
+    request.addfinalizer(sinks.kill_all)
+    cpu = watch_cpu()
+    proc, log = sinks.start(idle_cpu=cpu)
+    wait_until("the sink to get its partitions", assigned(log), 120, [(proc, log)])
+    produced, caught, commits = 0, set[str](), 0
+    with WriteWatch(lake, "bars", cpu) as watch:
+        while not caught and commits < BETWEEN_ATTEMPTS:
+            # Producing waits on the network, and while this thread waits the sink would run
+            # unwatched: it stays frozen until its next chunk is in Kafka.
+            freeze(proc.pid)
+            produce(settings, topic, spread_bars(produced, CHUNK))
+            produced, commits = produced + CHUNK, commits + 1
+            wanted = {app_id(group, topic, p): end - 1 for p, end in end_offsets(settings, topic).items() if end}
+            os.kill(proc.pid, signal.SIGCONT)
+
+            def writing(wanted: dict[str, int] = wanted) -> bool:
+                # local reads only: the watching thread must not block (see WriteWatch)
+                done = transaction_versions(lake, "bars", watch.log_cache)
+                return proc.poll() is None and any(done.get(app, -1) < last for app, last in wanted.items())
+
+            caught = watch.kill_between_write_and_commit(proc.pid, writing)
+            assert caught or proc.poll() is None, f"sink died (exit {proc.returncode}):\n{log.read_text()[-3000:]}"
+    assert caught, (
+        f"no kill landed between a data-file write and its commit in {commits} commits "
+        f"({watch.beaten} commits beat the freeze)"
+    )
+    proc.wait(10)
+    print(
+        f"chaos: the kill landed in commit {commits} ({watch.beaten} commits beat the freeze before) "
+        f"with {sorted(caught)} written, uncommitted"
+    )
+
+    # The supervisor's restart; more bars arrive meanwhile.
+    produce(settings, topic, spread_bars(produced, CHUNK))
+    produced += CHUNK
+    proc, log = sinks.start()
+    wait_until("the next sink to catch up", caught_up(settings, topic), 180, [(proc, log)])
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0, log.read_text()[-3000:]
+
+    # The files written before the kill are in the folder, and no version of the log ever
+    # referenced them: the kill landed between the write and its commit.
+    assert caught <= uncommitted_data_files(lake, "bars"), (caught, uncommitted_data_files(lake, "bars"))
+    assert caught <= data_files(lake, "bars") and not caught & committed_files(lake, "bars")
+    assert_exactly_once(lake, produced)
+
+
+def caught_up(settings: Settings, topic: str) -> Callable[[], bool]:
+    """Whether the group has committed every partition's end offset of ``topic``."""
+
+    def check() -> bool:
+        ends, done = end_offsets(settings, topic), group_offsets(settings, settings.consumer.group_id)
+        return all(done.get(p) == end for p, end in ends.items())
+
+    return check
