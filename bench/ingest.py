@@ -16,7 +16,8 @@ In one run, on fresh topics of the same broker, it measures:
 Modes alternate over ``--rounds`` and the best round of each is reported, because the two
 cores are shared with the broker (and, on a busy machine, with everything else). CPU
 seconds per record are reported next to wall-clock rates: when the machine is busy they
-say more. Prints one JSON document.
+say more. Prints one JSON document; exits 1 when a target is missed (>= 50,000 bars/s, >= 0.8
+of the raw send loop), 2 when a mode crashed (``errors`` says which and why).
 
     .venv/bin/python bench/ingest.py                          # broker from TICKCAST_KAFKA__*
     .venv/bin/python bench/ingest.py --bootstrap 127.0.0.1:19092 --records 200000
@@ -25,7 +26,6 @@ say more. Prints one JSON document.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
@@ -33,8 +33,11 @@ import sys
 import tempfile
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
+
+from _common import Steps, finish, run_main, target
 
 TARGET_BARS_PER_S = 50_000
 TARGET_RATIO = 0.8
@@ -282,44 +285,63 @@ def main(argv: list[str] | None = None) -> int:
     import kafka
 
     out["kafka_python"] = kafka.__version__
-    out["generator"] = bench_generator(args.records, args.tickers)
-    rounds: dict[str, list[dict[str, Any]]] = {"producer": [], "publisher": [], "raw": []}
-    for _ in range(args.rounds):
-        rounds["raw"].append(bench_raw(settings, records, args.partitions))
-        rounds["producer"].append(bench_producer(settings, args.records, args.tickers, args.partitions))
-        rounds["publisher"].append(bench_publisher(settings, records, args.partitions))
+    steps = Steps()
+    out["generator"] = steps.step("generator", lambda: bench_generator(args.records, args.tickers))
+    modes: dict[str, Any] = {
+        "raw": lambda: bench_raw(settings, records, args.partitions),
+        "producer": lambda: bench_producer(settings, args.records, args.tickers, args.partitions),
+        "publisher": lambda: bench_publisher(settings, records, args.partitions),
+    }
+    rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in modes}
+    for k in range(args.rounds):
+        for name, fn in modes.items():
+            if name in steps.errors:
+                continue  # a mode that crashed once is not run again
+            result = steps.step(name, fn)
+            if result is not None:
+                rounds[name].append(result)
+            elif name in steps.errors:
+                steps.errors[name] = f"round {k + 1}: {steps.errors[name]}"
     for name, values in rounds.items():
-        out[name] = _best(values)
+        out[name] = _best(values) if values else None
     if not args.no_java:
         with tempfile.NamedTemporaryFile("wb", suffix=".txt", delete=False) as handle:
             handle.write(b"\n".join(v for _, v in records[:20_000]))
             payload = Path(handle.name)
         try:
             java_records = args.java_records or 2 * args.records  # the JVM needs time to warm up
-            out["java_200b"] = bench_java(settings, java_records, args.partitions, None)
-            out["java_json"] = bench_java(settings, java_records, args.partitions, payload)
+            for name, file in (("java_200b", None), ("java_json", payload)):
+                run_java = partial(bench_java, settings, java_records, args.partitions, file)
+                out[name] = steps.step(name, run_java)
+                if out[name] and "error" in out[name]:  # the tool ran and failed: a crashed mode
+                    steps.fail(name, out[name]["error"])
         finally:
             payload.unlink(missing_ok=True)
-    producer, raw = out["producer"]["bars_per_s"], out["raw"]["bars_per_s"]
-    ratio = producer / raw if raw else 0.0
+    producer = (out["producer"] or {}).get("bars_per_s")
+    raw = (out["raw"] or {}).get("bars_per_s")
+    ratio = producer / raw if producer is not None and raw else None
     # Like for like on CPU: the busy machine inflates wall time, not CPU time per record.
-    cpu_ratio = out["raw"]["cpu_us_per_record"] / out["producer"]["cpu_us_per_record"]
+    both = out["raw"] and out["producer"]
+    cpu_ratio = out["raw"]["cpu_us_per_record"] / out["producer"]["cpu_us_per_record"] if both else None
     out["summary"] = {
         "producer_bars_per_s": producer,
         "raw_kafka_python_bars_per_s": raw,
-        "producer_over_raw": round(ratio, 3),
-        "producer_over_raw_cpu": round(cpu_ratio, 3),
-        "java_bars_per_s": out.get("java_json", {}).get("bars_per_s"),
+        "producer_over_raw": None if ratio is None else round(ratio, 3),
+        "producer_over_raw_cpu": None if cpu_ratio is None else round(cpu_ratio, 3),
+        "java_bars_per_s": (out.get("java_json") or {}).get("bars_per_s"),
         "target_bars_per_s": TARGET_BARS_PER_S,
         "target_ratio": TARGET_RATIO,
-        "meets_rate": producer >= TARGET_BARS_PER_S,
-        "meets_ratio": ratio >= TARGET_RATIO,
-        "kafka_python_ceiling_bars_per_s": round(1e6 / out["raw"]["cpu_us_per_record"]),
+        "meets_rate": producer is not None and producer >= TARGET_BARS_PER_S,
+        "meets_ratio": ratio is not None and ratio >= TARGET_RATIO,
+        "kafka_python_ceiling_bars_per_s": round(1e6 / out["raw"]["cpu_us_per_record"]) if out["raw"] else None,
     }
     out["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    print(json.dumps(out, indent=2))
-    return 0
+    targets = {
+        "producer_bars_per_s": target(producer, ">=", TARGET_BARS_PER_S),
+        "producer_over_raw": target(out["summary"]["producer_over_raw"], ">=", TARGET_RATIO),
+    }
+    return finish(out, targets, steps.errors)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))

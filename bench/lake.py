@@ -48,7 +48,6 @@ import statistics
 import sys
 import tempfile
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -62,6 +61,7 @@ import pyarrow.compute as pc
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import sink as sink_bench
+from _common import Steps, finish, run_main, target
 
 from producer.synthetic import SyntheticMarket, ticker_names
 from tickcast.lake import BAR_SCHEMA, BARS, BarWriter, Lake, read_bars, recent_bars, table_to_bars, tables
@@ -331,24 +331,7 @@ def reads(lake: Lake, preset: Preset, rows: int) -> dict[str, Any]:
 # -- the run --------------------------------------------------------------------------------
 
 
-class Run:
-    """Steps that may fail without ending the run: each failure lands in ``errors``."""
-
-    def __init__(self) -> None:
-        self.errors: dict[str, str] = {}
-
-    def step(self, name: str, fn: Callable[[], Any]) -> Any:
-        """``fn()``, or None with the failure recorded under ``name``."""
-        print(f"== {name}", file=sys.stderr, flush=True)
-        try:
-            return fn()
-        except Exception as exc:  # a benchmark reports every failure and carries on
-            traceback.print_exc()
-            self.errors[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            return None
-
-
-def sink_figures(run: Run, args: argparse.Namespace, preset: Preset) -> dict[str, Any]:
+def sink_figures(run: Steps, args: argparse.Namespace, preset: Preset) -> dict[str, Any]:
     """Sustained sink throughput into file:// and (with an endpoint) MinIO, via bench/sink.py."""
     sink_bench.quiet_logs()
     overrides: dict[str, Any] = {}
@@ -396,12 +379,7 @@ def check_targets(out: dict[str, Any]) -> dict[str, Any]:
         "minute_range_p50_s": (after.get("minute_range") or {}).get("p50_s"),
         "duckdb_count_p50_s": (after.get("duckdb_count") or {}).get("p50_s"),
     }
-    result: dict[str, Any] = {}
-    for name, (op, bound) in TARGETS.items():
-        value = values[name]
-        met = None if value is None else (value >= bound if op == ">=" else value <= bound)
-        result[name] = {"target": f"{op} {bound:g}", "value": value, "met": met}
-    return result
+    return {name: target(values[name], op, bound) for name, (op, bound) in TARGETS.items()}
 
 
 def main() -> int:
@@ -427,7 +405,7 @@ def main() -> int:
     args = parser.parse_args()
     preset = PRESETS[args.preset]
 
-    run = Run()
+    run = Steps()
     out: dict[str, Any] = {
         "preset": args.preset,
         "sizes": asdict(preset),
@@ -436,7 +414,7 @@ def main() -> int:
         "load_start": [round(x, 2) for x in os.getloadavg()],
     }
     if preset.sink and not args.skip_sink:
-        out["sink"] = sink_figures(run, args, preset)
+        out["sink"] = run.step("sink", lambda: sink_figures(run, args, preset))
     else:
         out["sink"] = None
 
@@ -470,8 +448,6 @@ def main() -> int:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    out["targets"] = check_targets(out)
-    out["errors"] = run.errors
     out["notes"] = [
         "p50/p95 over random tickers; every read opens the table's latest version (log replay included)",
         "minute_range is all minute bars the lake holds for a ticker (minute_days days), the figure for "
@@ -482,18 +458,11 @@ def main() -> int:
         "the old Hive-partitioned layout is not measured beside these: its code is no longer a lake",
     ]
     out["load_end"] = [round(x, 2) for x in os.getloadavg()]
-    text = json.dumps(out, indent=2)
-    print(text)
+    status = finish(out, check_targets(out), run.errors)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    missed = [name for name, t in out["targets"].items() if t["met"] is False]
-    crashed = list(run.errors)
-    if crashed:
-        print(f"crashed: {', '.join(crashed)}", file=sys.stderr)
-    if missed:
-        print(f"targets missed: {', '.join(missed)}", file=sys.stderr)
-    return 2 if crashed else 1 if missed else 0
+        args.out.write_text(json.dumps(out, indent=2) + "\n")
+    return status
 
 
 def size_figures(
@@ -516,4 +485,4 @@ def size_figures(
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

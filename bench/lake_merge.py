@@ -12,7 +12,7 @@ through the trading day, as
 - ``merge_overlap``: ``tables.upsert`` of a batch that replaces bars already in the table.
 
 Prints JSON; exits 1 when MERGE on every write is not slower than appending by at least the
-``--min-ratio`` it claims to be (then the design choice should be revisited).
+``--min-ratio`` it claims to be (then the design choice should be revisited), 2 when it crashed.
 
     .venv/bin/python bench/lake_merge.py --tickers 2000 --flushes 30
 """
@@ -20,18 +20,20 @@ Prints JSON; exits 1 when MERGE on every write is not slower than appending by a
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _common import Steps, finish, run_main, target
 
 from tickcast.lake import BARS, Lake, tables
 from tickcast.lake.bars import with_period
@@ -117,17 +119,15 @@ def main() -> int:
     parser.add_argument("--minutes-per-flush", type=int, default=10)
     parser.add_argument("--min-ratio", type=float, default=2.0, help="MERGE must cost this many appends")
     args = parser.parse_args()
-    try:
-        out = run(args.tickers, args.flushes, args.minutes_per_flush)
-    except Exception as exc:  # a crashed mode is a failed benchmark, reported as such
-        print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
-        return 1
-    ratio = float(out["merge_over_append_at_end_of_day"])  # type: ignore[arg-type]
-    out["target"] = f"MERGE on every write >= {args.min_ratio}x an append at the end of the day"
-    out["met"] = ratio >= args.min_ratio
-    print(json.dumps(out, indent=2))
-    return 0 if out["met"] else 1
+    steps = Steps()
+    out = steps.step("run", lambda: run(args.tickers, args.flushes, args.minutes_per_flush))
+    result: dict[str, Any] = out or {"tickers": args.tickers, "flushes": args.flushes}
+    ratio = None if out is None else float(out["merge_over_append_at_end_of_day"])  # type: ignore[arg-type]
+    result["target"] = f"MERGE on every write >= {args.min_ratio}x an append at the end of the day"
+    result["met"] = ratio is not None and ratio >= args.min_ratio
+    targets = {"merge_over_append_at_end_of_day": target(ratio, ">=", args.min_ratio)}
+    return finish(result, targets, steps.errors)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))

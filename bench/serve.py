@@ -23,7 +23,10 @@ through the direct port.
 
 The replica and the raw pipeline use the same torch thread count. Everything shares this
 machine's cores (Ray, the proxy, the replica and the load generator), so ratios are what
-to compare across machines, not absolute numbers. Prints one JSON document.
+to compare across machines, not absolute numbers. Prints one JSON document; exits 1 when a
+target is missed (big requests >= 0.9 of raw, single-series requests >= 0.5 of raw batched,
+p50 overhead at low load <= 5 ms through direct ingress), 2 when a mode crashed or answered
+requests with errors (``errors`` says which and why).
 
     .venv/bin/python bench/serve.py                      # both models, both modes: ~8-10 minutes on 2 cores
     .venv/bin/python bench/serve.py --models bolt-tiny --modes optimized --rounds 2
@@ -43,10 +46,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import Steps, finish, run_main, target
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+
+#: Serve's throughput over the raw pipeline's with 32-series requests, and with single-series
+#: requests from many clients (dynamic batching); the p50 overhead at low load (direct ingress).
+TARGET_BIG_RATIO = 0.9
+TARGET_SINGLE_RATIO = 0.5
+TARGET_OVERHEAD_MS = 5.0
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -374,18 +384,24 @@ def main(argv: list[str] | None = None) -> int:
         "Raw = chronos pipeline.predict_quantiles in the benchmark process with the same torch threads.",
         "modes": {},
     }
+    steps = Steps()
     for mode in args.modes.split(","):
-        proc = subprocess.run(
-            [sys.executable, __file__, "--mode", mode, *passthrough],
-            stdout=subprocess.PIPE,
-            text=True,
-            check=False,
-        )
-        if proc.returncode != 0:
-            results["modes"][mode] = {"error": f"exit {proc.returncode}"}
-            continue
-        results["modes"][mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+
+        def run_one(mode: str = mode) -> dict[str, Any]:
+            proc = subprocess.run(
+                [sys.executable, __file__, "--mode", mode, *passthrough],
+                stdout=subprocess.PIPE,
+                text=True,
+                check=False,
+            )
+            if proc.returncode != 0:
+                raise RuntimeError(f"the {mode} run exited {proc.returncode} (its traceback is above)")
+            return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+        data = steps.step(mode, run_one)
+        results["modes"][mode] = data if data is not None else {"error": steps.errors[mode]}
     summary = []
+    targets: dict[str, dict[str, Any]] = {}
     for mode, data in results["modes"].items():
         for m in data.get("models", []):
             summary.append(
@@ -398,12 +414,35 @@ def main(argv: list[str] | None = None) -> int:
                     "throughput_path": m["paths"]["throughput"],
                 }
             )
+            targets.update(model_targets(mode, m))
+            failed = {s: m[s]["errors"] for s in ("big_requests", "single_concurrent") if m[s]["errors"]}
+            if failed:  # throughput of requests that failed is no throughput
+                steps.fail(f"{mode}/{m['model']}", f"requests answered with an error: {failed}")
     results["summary"] = summary
     results["machine"]["load_average_end"] = os.getloadavg()
     results["wall_s"] = round(time.perf_counter() - started, 1)
-    print(json.dumps(results, indent=2))
-    return 0
+    return finish(results, targets, steps.errors)
+
+
+def model_targets(mode: str, model: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The targets of one model in one mode, named ``<mode>/<model>/<figure>``.
+
+    The low-load overhead target is for the path the mode is meant for: direct ingress in
+    ``optimized`` mode; through the proxy (``proxy`` mode) it is recorded, not judged, since
+    the proxy's hop alone costs more than the target (README, Performance).
+    """
+    prefix = f"{mode}/{model['model']}"
+    out = {
+        f"{prefix}/big_requests_ratio": target(model["big_requests"]["ratio_to_raw"], ">=", TARGET_BIG_RATIO),
+        f"{prefix}/single_concurrent_ratio": target(
+            model["single_concurrent"]["ratio_to_raw"], ">=", TARGET_SINGLE_RATIO
+        ),
+    }
+    direct = model["low_load"].get("direct")
+    if direct is not None:
+        out[f"{prefix}/low_load_p50_overhead_ms"] = target(direct["p50_overhead_ms"], "<=", TARGET_OVERHEAD_MS)
+    return out
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))

@@ -15,7 +15,10 @@ Bytes per bar: the bars table's data files after the run (from its Delta log: on
 per flush at the default flush size, bin-packed by the sink's running compaction), the
 JSON record values, and, for reference, those JSON values zstd-compressed as one stream.
 The best round of each measurement is reported (the two cores are shared with the broker,
-MinIO and, on a busy machine, everyone else), with the load average seen. Prints JSON.
+MinIO and, on a busy machine, everyone else), with the load average seen. Prints JSON;
+exits 1 when a target is missed (sustained sink >= 50,000 bars/s into ``file://``, >= 25,000
+into MinIO; Parquet >= 5x smaller than JSON), 2 when a lake's run crashed (``errors`` says
+which and why).
 
     .venv/bin/python bench/sink.py --bootstrap 127.0.0.1:19092 \\
         --s3-endpoint http://127.0.0.1:19000 --s3-key tickcast --s3-secret tickcast-local-only
@@ -36,7 +39,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from _common import Steps, finish, run_main, target
+
 TARGET_BARS_PER_S = 50_000
+TARGET_S3_BARS_PER_S = 25_000
 TARGET_SIZE_RATIO = 5.0
 REPO = Path(__file__).resolve().parents[1]
 
@@ -155,13 +161,31 @@ def measure(
     tickers: int,
     rounds: int,
     modes: tuple[str, ...] = ("sustained", "end_to_end"),
+    steps: Steps | None = None,
+    label: str = "",
 ) -> dict[str, Any]:
-    """The best of ``rounds`` rounds of each mode (``sustained``, ``end_to_end``) into one lake root."""
+    """The best of ``rounds`` rounds of each mode (``sustained``, ``end_to_end``) into one lake root.
+
+    With ``steps``, a round that crashes is recorded there as ``<label>/<mode>`` and that mode
+    is not run again, while the other mode's figures are kept; without, the crash propagates.
+    """
     runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
-    for _ in range(rounds):
+    for k in range(rounds):
         for mode in runs:
-            runs[mode].append(run_round(base, lake_url, records, partitions, tickers, mode))
-    best = {mode: max(r, key=lambda x: x["bars_per_s"]) for mode, r in runs.items()}
+
+            def one(mode: str = mode) -> dict[str, Any]:
+                return run_round(base, lake_url, records, partitions, tickers, mode)
+
+            name = f"{label}/{mode}"
+            if steps is None:
+                runs[mode].append(one())
+            elif name not in steps.errors:
+                result = steps.step(name, one)
+                if result is None:
+                    steps.errors[name] = f"round {k + 1}: {steps.errors[name]}"
+                else:
+                    runs[mode].append(result)
+    best = {mode: max(r, key=lambda x: x["bars_per_s"]) for mode, r in runs.items() if r}
     n = len(records)
     out: dict[str, Any] = {}
     if "sustained" in best:
@@ -224,7 +248,7 @@ def quiet_logs() -> None:
     logging.getLogger("kafka").setLevel(logging.ERROR)
 
 
-def main() -> None:
+def main() -> int:
     """Run the benchmark and print one JSON document."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bootstrap", help="Kafka bootstrap servers (default: TICKCAST_KAFKA__BOOTSTRAP_SERVERS)")
@@ -259,24 +283,39 @@ def main() -> None:
         "json_bytes_per_bar": round(json_bytes / len(records), 2),
         "json_zstd_bytes_per_bar": round(zstd_bytes / len(records), 2),
     }
+    steps = Steps()
     with tempfile.TemporaryDirectory(prefix="bench-sink-") as tmp:
-        out["file"] = measure(base, f"file://{tmp}", records, args.partitions, args.tickers, args.rounds)
+        out["file"] = steps.step(
+            "file",
+            lambda: measure(
+                base, f"file://{tmp}", records, args.partitions, args.tickers, args.rounds, steps=steps, label="file"
+            ),
+        )
     if args.s3_endpoint:
         s3_records = records[: args.s3_records] if args.s3_records else records
-        with s3_bucket(args.s3_endpoint, args.s3_key, args.s3_secret) as bucket:
-            s3_base = s3_settings(base, args.s3_endpoint, args.s3_key, args.s3_secret)
-            out["s3"] = measure(s3_base, f"s3://{bucket}/lake", s3_records, args.partitions, args.tickers, args.rounds)
-    parquet = out["file"]["parquet_bytes_per_bar"]
-    out["size_ratio_json_over_parquet"] = round(out["json_bytes_per_bar"] / parquet, 2)
-    out["targets"] = {
-        "sustained_file_bars_per_s": TARGET_BARS_PER_S,
-        "met_throughput": out["file"]["sustained_bars_per_s"] >= TARGET_BARS_PER_S,
-        "size_ratio": TARGET_SIZE_RATIO,
-        "met_size": out["size_ratio_json_over_parquet"] >= TARGET_SIZE_RATIO,
-    }
+
+        def on_s3() -> dict[str, Any]:
+            with s3_bucket(args.s3_endpoint, args.s3_key, args.s3_secret) as bucket:
+                s3_base = s3_settings(base, args.s3_endpoint, args.s3_key, args.s3_secret)
+                return measure(
+                    s3_base, f"s3://{bucket}/lake", s3_records, args.partitions, args.tickers, args.rounds, steps=steps,
+                    label="s3",
+                )  # fmt: skip
+
+        out["s3"] = steps.step("s3", on_s3)
+    file = out["file"] or {}
+    parquet = file.get("parquet_bytes_per_bar")
+    out["size_ratio_json_over_parquet"] = round(out["json_bytes_per_bar"] / parquet, 2) if parquet else None
     out["load_average"] = [round(x, 2) for x in os.getloadavg()]
-    print(json.dumps(out, indent=2))
+    targets = {
+        "sustained_file_bars_per_s": target(file.get("sustained_bars_per_s"), ">=", TARGET_BARS_PER_S),
+        "sustained_s3_bars_per_s": target(
+            (out.get("s3") or {}).get("sustained_bars_per_s"), ">=", TARGET_S3_BARS_PER_S
+        ),
+        "size_ratio_json_over_parquet": target(out["size_ratio_json_over_parquet"], ">=", TARGET_SIZE_RATIO),
+    }
+    return finish(out, targets, steps.errors)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_main(main))

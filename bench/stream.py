@@ -24,6 +24,8 @@ Because replayed minutes are not 60 s apart, forecast steps rarely line up with 
 bars, so live scoring (microseconds per step) is mostly absent from these figures. Prints
 one JSON document. The broker comes from TICKCAST_KAFKA__BOOTSTRAP_SERVERS (default: the test
 infrastructure's 127.0.0.1:19092); start it with `tickcast infra up` or the test fixtures.
+Exits 1 when the target is missed (5,000 tickers spread over the minute: bar-to-forecast p99
+< 2 s), 2 when a ticker count's run crashed (``errors`` says which and why).
 
     .venv/bin/python bench/stream.py                         # ~5 minutes on 2 cores
     .venv/bin/python bench/stream.py --tickers 100,1000 --minutes 2 --live-s 20
@@ -45,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import Steps, finish, run_main, target
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -275,51 +278,59 @@ def main() -> int:
         url, _ = start_serve(model, args.threads)
         setup_s = time.perf_counter() - t0
         results = []
+        steps = Steps()
         for n in [int(x) for x in args.tickers.split(",") if x]:
-            run = Run(n, url, args.bootstrap, Path(tmp) / "lake", args.context)
-            try:
-                result: dict[str, Any] = {"tickers": n}
-                result["aligned"] = run.aligned(args.minutes, args.burst_timeout)
-                if args.live_s > 0:
-                    result["staggered"] = run.staggered(args.live_s)
-                result["serve_errors"] = run.service.stats.serve_errors
-                result["records"] = run.service.stats.records
-            finally:
-                run.close()
-            results.append(result)
-            print(json.dumps(result), file=sys.stderr, flush=True)
+
+            def one(n: int = n) -> dict[str, Any]:
+                run = Run(n, url, args.bootstrap, Path(tmp) / "lake", args.context)
+                try:
+                    result: dict[str, Any] = {"tickers": n}
+                    result["aligned"] = run.aligned(args.minutes, args.burst_timeout)
+                    if args.live_s > 0:
+                        result["staggered"] = run.staggered(args.live_s)
+                    result["serve_errors"] = run.service.stats.serve_errors
+                    result["records"] = run.service.stats.records
+                finally:
+                    run.close()
+                return result
+
+            result = steps.step(f"tickers_{n}", one)
+            if result is not None:
+                results.append(result)
+                print(json.dumps(result), file=sys.stderr, flush=True)
         import ray
         from ray import serve
 
         serve.shutdown()
         ray.shutdown()
 
-    target = next((r for r in results if r["tickers"] == TARGET_TICKERS), None)
+    target_run = next((r for r in results if r["tickers"] == TARGET_TICKERS), None)
     verdict: dict[str, Any] = {
         "target": f"{TARGET_TICKERS} tickers each minute, p99 bar-to-forecast < {TARGET_P99_S} s"
     }
-    if target is not None:
+    if target_run is not None:
         for shape in ("aligned", "staggered"):
-            p99 = target.get(shape, {}).get("bar_to_forecast_p99_s")
-            verdict[f"{shape}_met"] = p99 is not None and p99 < TARGET_P99_S and target[shape].get("complete", True)
-    print(
-        json.dumps(
-            {
-                "benchmark": "stream",
-                "model": {"kind": "bolt-tiny", "parameters": params, "weights": "random", "context": args.context},
-                "cpus": os.cpu_count(),
-                "setup_s": round(setup_s, 1),
-                "results": results,
-                "verdict": verdict,
-                "total_s": round(time.perf_counter() - t0, 1),
-            },
-            indent=2,
-        ),
-        file=out,
-        flush=True,
-    )
-    return 0
+            p99 = target_run.get(shape, {}).get("bar_to_forecast_p99_s")
+            verdict[f"{shape}_met"] = p99 is not None and p99 < TARGET_P99_S and target_run[shape].get("complete", True)
+    # Judged: the staggered minute (how N tickers' bars really spread). The aligned burst of
+    # N bars at once is recorded, not judged: on CPU it is bounded by model compute (README).
+    staggered = (target_run or {}).get("staggered") or {}
+    targets = {
+        f"staggered_{TARGET_TICKERS}_bar_to_forecast_p99_s": target(
+            staggered.get("bar_to_forecast_p99_s"), "<", TARGET_P99_S
+        )
+    }
+    document = {
+        "benchmark": "stream",
+        "model": {"kind": "bolt-tiny", "parameters": params, "weights": "random", "context": args.context},
+        "cpus": os.cpu_count(),
+        "setup_s": round(setup_s, 1),
+        "results": results,
+        "verdict": verdict,
+        "total_s": round(time.perf_counter() - t0, 1),
+    }
+    return finish(document, targets, steps.errors, out=out)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))

@@ -6,7 +6,8 @@ for ``--steps`` steps, with no checkpoints. Prints one JSON object: steps/s, ser
 wall time, plus the projected wall time of the full bundled run.
 
 Measure on a quiet machine: on two cores shared with other work the figure can drop by
-half or more (the load average at the start is reported).
+half or more (the load average at the start is reported). No speed target; exits 2 when
+training crashed or diverged (``errors`` says why).
 
     .venv/bin/python bench/train.py [--steps 50] [--threads 1] [--batch-size 32]
 """
@@ -14,14 +15,17 @@ half or more (the load average at the start is reported).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import math
 import os
 import tempfile
 import time
+from typing import Any
+
+from _common import Steps, finish, run_main
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--threads", type=int, default=1)
@@ -42,32 +46,39 @@ def main() -> None:
     pipeline = build_model(recipe.preset, seed=args.seed)
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
+    steps = Steps()
     with tempfile.TemporaryDirectory() as work:
-        result = train_model(pipeline, recipe.corpus(args.seed), config, work, resume=False)
-    total = time.perf_counter() - started
-    print(
-        json.dumps(
-            {
-                "benchmark": "train",
-                "preset": recipe.preset,
-                "parameters": count_parameters(pipeline),
-                "batch_size": recipe.batch_size,
-                "context_length": pipeline.model_context_length,
-                "torch_threads": args.threads,
-                "steps": result.steps,
-                "train_wall_s": round(result.wall_s, 2),
-                "total_wall_s": round(total, 2),
-                "steps_per_s": round(result.steps_per_s, 3),
-                "series_per_s": round(result.steps_per_s * recipe.batch_size, 1),
-                "projected_bundle_train_s": round(recipe.steps / result.steps_per_s, 1) if result.steps_per_s else None,
-                "final_loss": result.final_loss,
-                "load_avg_1m_at_start": round(load_before, 2),
-                "cpus": os.cpu_count(),
-            },
-            indent=2,
+        result = steps.step(
+            "train", lambda: train_model(pipeline, recipe.corpus(args.seed), config, work, resume=False)
         )
-    )
+    total = time.perf_counter() - started
+    document: dict[str, Any] = {
+        "benchmark": "train",
+        "preset": recipe.preset,
+        "parameters": count_parameters(pipeline),
+        "batch_size": recipe.batch_size,
+        "context_length": pipeline.model_context_length,
+        "torch_threads": args.threads,
+        "load_avg_1m_at_start": round(load_before, 2),
+        "cpus": os.cpu_count(),
+    }
+    if result is not None:
+        document.update(
+            steps=result.steps,
+            train_wall_s=round(result.wall_s, 2),
+            total_wall_s=round(total, 2),
+            steps_per_s=round(result.steps_per_s, 3),
+            series_per_s=round(result.steps_per_s * recipe.batch_size, 1),
+            projected_bundle_train_s=round(recipe.steps / result.steps_per_s, 1) if result.steps_per_s else None,
+            final_loss=result.final_loss,
+        )
+        if result.final_loss is not None and not math.isfinite(result.final_loss):
+            # a run that diverged trained nothing, however fast (and NaN is not JSON)
+            document["final_loss"] = None
+            steps.fail("train", f"final loss is {result.final_loss}: the run diverged")
+    # No speed target: the figure is for the README and for planning a training run.
+    return finish(document, {}, steps.errors)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_main(main))
