@@ -232,8 +232,8 @@ LIVE_SOURCES = frozenset({"polygon-ws"})
 class PipelineStats:
     """The figures of the pipeline page.
 
-    ``ingest_to_forecast_*``: from a bar's Kafka record timestamp to its forecast acknowledged
-    by Kafka, the platform's own latency. ``bar_end_to_forecast_*``: from the bar's end (market
+    ``ingest_to_forecast_*``: from a bar's Kafka record timestamp to its forecast record's, the
+    platform's own latency. ``bar_end_to_forecast_*``: from the bar's end (market
     time); only filled when the producer's source is live (``live_source``), since a replay
     makes it the age of the replayed bars. ``latency_ceiling_s``: the ingest histogram's top
     finite bucket bound (``bar_end_ceiling_s`` the other's); a quantile equal to it means "at

@@ -104,9 +104,10 @@ INGEST_P95 = "Kafka ingest → forecast p95"
 BAR_END_P50 = "Bar end → forecast p50"
 BAR_END_P95 = "Bar end → forecast p95"
 INGEST_HELP = (
-    "From the moment a bar entered the platform (its Kafka record timestamp, set by the producer when it sent "
-    "the bar) to its forecast acknowledged by Kafka on the forecasts topic. Quantiles are interpolated from the "
-    "forecaster's histogram buckets."
+    "From the moment a bar entered the platform to the moment its forecast did, by the two records' Kafka "
+    "timestamps (set by the producer when it sent the bar, and by the forecaster when it sent the forecast), "
+    "counted once Kafka acknowledged the forecast. Quantiles are interpolated from the forecaster's histogram "
+    "buckets."
 )
 BAR_END_HELP = "From the bar's end (market time) to its forecast acknowledged by Kafka: what a trader waits."
 

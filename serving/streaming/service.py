@@ -635,18 +635,22 @@ class ForecasterService:
             self.scorer.add_forecast(forecast, ref.value)
             self.stats.forecasts += 1
 
-    def _acked(self, bar_end: float, produced_at: float | None, _metadata: Any) -> None:
-        """Record a forecast's latencies at the moment it became available: Kafka acknowledged it
-        on the forecasts topic (acks=all), so any consumer of that topic can read it. The lake
-        has it up to ``lake_flush_interval_s`` later.
+    def _acked(self, bar_end: float, produced_at: float | None, metadata: Any) -> None:
+        """Record a forecast's latencies once Kafka acknowledged it on the forecasts topic
+        (acks=all), so any consumer of that topic can read it. The lake has it up to
+        ``lake_flush_interval_s`` later.
 
-        Two figures, both in wall-clock seconds:
+        Two figures, in seconds:
 
-        - ingest to forecast: from the bar's Kafka record timestamp (CreateTime, which the
-          producer's client sets when it sends the bar) to now. This is the platform's own
-          latency, meaningful for replays and live feeds alike. Clamped at 0: only clock skew
-          between the producer's host and this one can make it negative. Absent for catch-up
-          forecasts of bars read from the lake (no record of theirs was consumed);
+        - ingest to forecast, by Kafka's own timestamps: the forecast record's timestamp
+          (``metadata.timestamp``: CreateTime, set by this process's client when it sent the
+          forecast, or the broker's append time on a LogAppendTime topic) minus the bar
+          record's (CreateTime, set by the producer's client when it sent the bar). Anyone can
+          check it against the two topics; the acknowledgement itself follows within the
+          producer's linger (20 ms) and a round trip, but this callback can run much later on a
+          busy machine, which would add the callback's delay, not the platform's. Clamped at 0
+          (only clock skew between hosts makes it negative). Absent for catch-up forecasts of
+          bars read from the lake (no record of theirs was consumed);
         - bar end to forecast: from the bar's end (start + interval, market time) to now; for
           live sources, what a trader waits after the bar closes. A replay of old bars makes
           it their age, so the dashboard shows it only for live sources.
@@ -656,7 +660,9 @@ class ForecasterService:
         now = time.time()
         self.m.forecasts_published.inc()
         self.m.bar_end_to_forecast.observe(now - bar_end)
-        ingest = None if produced_at is None else max(0.0, now - produced_at)
+        stamp = getattr(metadata, "timestamp", None)
+        published = stamp / 1000 if isinstance(stamp, int) and stamp > 0 else now
+        ingest = None if produced_at is None else max(0.0, published - produced_at)
         if ingest is not None:
             self.m.ingest_to_forecast.observe(ingest)
         self.latencies.append((now - bar_end, ingest))

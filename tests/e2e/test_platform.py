@@ -226,8 +226,7 @@ def kafka_ingest_to_forecast_s(bootstrap: str) -> list[float]:
     """Per forecast on the ``forecasts`` topic: its record's Kafka timestamp minus its bar's.
 
     Both timestamps are CreateTime, set by the client at send: the producer's for the bar, the
-    forecaster's for the forecast (a few ms before Kafka acknowledged it, which is the moment
-    the forecaster's histogram uses).
+    forecaster's for the forecast. The forecaster's histogram uses the same two.
     """
     from kafka import KafkaConsumer, TopicPartition
 
@@ -334,10 +333,11 @@ def test_readme_up_runs_the_whole_platform_and_resumes(tmp_path: Path) -> None:
             truth = float(np.percentile(measured, q))
             timings[f"pipeline_ingest_to_forecast_{key}_s"] = shown_s
             timings[f"kafka_ingest_to_forecast_{key}_s"] = truth
-            # The page interpolates inside the histogram bucket holding the quantile, and no
-            # bucket's upper bound exceeds 1.5x its lower one. 0.05 s absorbs the forecasts
-            # made between reading the page and reading the topics (about one a second) and
-            # the milliseconds between a forecast's send and its acknowledgement.
+            # The forecaster computes each figure from the same two Kafka timestamps as this
+            # check; the page then interpolates inside the histogram bucket holding the
+            # quantile, and no bucket's upper bound exceeds 1.5x its lower one. 0.05 s absorbs
+            # the forecasts made between reading the page and reading the topics (about one a
+            # second, out of dozens).
             assert truth / 1.5 - 0.05 <= shown_s <= truth * 1.5 + 0.05, (key, page, truth, len(measured))
         assert lake_count(lake, "select count(*) from {bars}") > 0
         # one query, one snapshot of the files: the lake grows while the platform runs

@@ -233,6 +233,28 @@ def test_latency_is_measured_from_the_kafka_record_timestamp_and_from_the_bar_en
     assert service.latencies[-1] == (pytest.approx(aged), pytest.approx(observed))
 
 
+def test_ingest_latency_uses_the_forecast_records_kafka_timestamp(tmp_path: Path) -> None:
+    """With the acknowledgement's metadata, the figure is the forecast record's Kafka timestamp
+    minus the bar record's, exactly: what anyone reading the two topics computes, however late
+    the callback runs."""
+    from types import SimpleNamespace
+
+    from prometheus_client import REGISTRY
+
+    name = "tickcast_forecaster_ingest_to_forecast_seconds"
+    service = make(tmp_path)
+    before = REGISTRY.get_sample_value(f"{name}_sum") or 0.0
+    tp, rec = record(0, 0, bar("AAPL", 0))
+    rec = rec._replace(timestamp=1_700_000_000_000)
+    service._on_record(tp, rec)
+    ref = service.pending["AAPL"]
+    service._acked(ref.end.timestamp(), ref.produced_at, SimpleNamespace(timestamp=1_700_000_000_375))
+    service.close()
+    # Both timestamps are whole milliseconds; 1e-9 is float rounding of their difference.
+    assert (REGISTRY.get_sample_value(f"{name}_sum") or 0.0) - before == pytest.approx(0.375, abs=1e-9)
+    assert service.latencies[-1][1] == pytest.approx(0.375, abs=1e-9)
+
+
 def test_catch_up_forecasts_have_no_ingest_latency(tmp_path: Path) -> None:
     from prometheus_client import REGISTRY
 
