@@ -180,7 +180,9 @@ class Supervisor:
             service.restart()
         except TickcastError as exc:
             record.state = "running"  # so _crashed below records the failed start as a crash
-            self._crashed(service, f"restart failed: {exc.one_line()}")
+            # The message's first line only: a failed start appends its log's tail, and the
+            # reason is printed as one line (the log's path is named with it).
+            self._crashed(service, f"restart failed: {exc.message.splitlines()[0].rstrip(':')}")
             return
         self._last_pid[service.name] = service.pid()
         record.state = "running"

@@ -79,11 +79,16 @@ def service_pid(state: Path, name: str) -> int:
 
 
 def restarted(env: dict[str, str], name: str, count: int) -> Callable[[], bool]:
-    """True once ``status`` shows ``name`` healthy after ``count`` restarts."""
+    """True once ``status`` shows ``name`` healthy after ``count`` restarts, the last one done.
+
+    The count goes up when a restart begins; the port can answer before the supervisor has
+    seen the start through ("restarting"), and a kill in between is a failed restart.
+    """
 
     def check() -> bool:
         entry = status(env)[name]
-        return bool(entry["healthy"] and entry["restarts"] and entry["restarts"]["restarts"] == count)
+        record = entry["restarts"] or {}
+        return bool(entry["healthy"] and record.get("restarts") == count and record.get("state") == "running")
 
     return check
 

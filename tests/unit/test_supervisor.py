@@ -49,7 +49,7 @@ class SleepService:
         self.starts += 1
         if self.starts > 1 and self.fail_restarts:
             self.fail_restarts -= 1
-            raise InfraError(f"{self.name} did not become healthy", "look at its log")
+            raise InfraError(f"{self.name} did not become healthy; last lines of its log:\nboom\n", "look at its log")
         argv = [sys.executable, "-c", "import sys, time; time.sleep(600)", self.marker]
         process.start_detached(argv, pid_path=self.pid_path, log_path=self.log_path, marker=self.marker)
 
@@ -177,7 +177,9 @@ def test_a_restart_that_fails_counts_as_a_crash(tmp_path: Path) -> None:
         clock.now += 1
         supervisor.check()  # the restart raises
         record = read_restarts(tmp_path)["worker"]
-        assert record.state == "backing off" and record.last_exit.startswith("restart failed: worker did not")
+        # One line: the log's tail the start error carries stays in the log.
+        assert record.state == "backing off"
+        assert record.last_exit == "restart failed: worker did not become healthy; last lines of its log"
         assert supervisor._next_attempt["worker"] - clock.now == 2.0
         clock.now += 2
         supervisor.check()
