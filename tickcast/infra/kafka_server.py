@@ -36,8 +36,15 @@ _STAMP = ".tickcast-pom.sha256"
 
 
 def new_cluster_id() -> str:
-    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding (like ``random-uuid``)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding (like ``random-uuid``).
+
+    Never starting with ``-``, as Kafka's own ``Uuid.randomUuid`` ensures: ``kafka-storage
+    format -t -abc...`` reads the id as an option and fails (1 format in 64 did).
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def render_server_properties(infra: InfraSettings, kafka: KafkaSettings, data_dir: Path) -> str:
