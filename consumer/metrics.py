@@ -26,6 +26,7 @@ class SinkMetrics:
     store_errors: Any
     commit_failures: Any
     compactions: Any
+    rejoins: Any
 
 
 @lru_cache(maxsize=1)
@@ -68,4 +69,9 @@ def sink_metrics() -> SinkMetrics:
             "tickcast_sink_commit_failures", "Writes refused or abandoned (re-read from the table).", ["topic"]
         ),
         compactions=Counter("tickcast_sink_compactions", "Small-file compactions of hot partitions.", ["topic"]),
+        rejoins=Counter(
+            "tickcast_sink_rejoins",
+            "Kafka consumers replaced after falling out of the group unnoticed (tickcast.group_watch).",
+            ["topic"],
+        ),
     )

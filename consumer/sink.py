@@ -56,7 +56,8 @@ from consumer.buffer import Batch, PartitionBuffer
 from consumer.decode import OFFSET_COLUMN, PARTITION_COLUMN, Reject, decode_batch
 from consumer.metrics import sink_metrics
 from tickcast.errors import BrokerUnavailable, ConfigError, StoreUnavailable
-from tickcast.kafka import ensure_topics, make_consumer, make_producer
+from tickcast.group_watch import MembershipWatch
+from tickcast.kafka import ensure_topics, make_admin, make_consumer, make_producer
 from tickcast.lake import BARS, AlreadyCommitted, BarWriter, Lake, maintenance, tables
 from tickcast.service import StopFlag
 from tickcast.settings import Settings
@@ -97,6 +98,7 @@ class SinkStats:
     compactions: int = 0
     commit_failures: int = 0
     store_errors: int = 0
+    rejoins: int = 0  # consumers replaced after falling out of the group unnoticed
     active_s: float = 0.0  # from the first record consumed to the last commit
     cpu_s: float = 0.0  # process CPU time over the same span (all threads)
 
@@ -196,6 +198,18 @@ class Sink:
         self._commits_per_partition: collections.Counter[tuple[str, ...]] = collections.Counter()
         self._started: tuple[float, float] | None = None
         self._window_ms = max(1, int(settings.consumer.flush_interval_s * 1000))
+        self._admin: Any = None
+        session_s = settings.consumer.session_timeout_s
+        # A fresh member normally holds its partitions within a session timeout or two; a
+        # rebalance may wait up to max.poll.interval for a slow member.
+        self._watch = MembershipWatch(
+            self._describe_group,
+            self._topic_partitions,
+            self.topic,
+            grace_s=3 * session_s,
+            check_interval_s=session_s,
+            rebalance_limit_s=2 * MAX_POLL_INTERVAL_S,
+        )
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -225,6 +239,10 @@ class Sink:
     def _open(self) -> None:
         self._wait_for_store(time.monotonic())
         ensure_topics(self.settings.kafka, [self.topic, self.dlq_topic])
+        self._open_consumer()
+        log.info("sink: group %s on topic %s -> %s", self.group_id, self.topic, self.lake.table_uri(BARS.name))
+
+    def _open_consumer(self) -> None:
         cfg = self.settings.consumer
         session_ms = int(cfg.session_timeout_s * 1000)
         options: dict[str, Any] = {
@@ -240,7 +258,31 @@ class Sink:
         # partitions assigns nothing, and must rely on a later metadata change to rejoin.
         self._consumer.partitions_for_topic(self.topic)
         self._consumer.subscribe([self.topic], listener=_listener(self._events))
-        log.info("sink: group %s on topic %s -> %s", self.group_id, self.topic, self.lake.table_uri(BARS.name))
+
+    def _describe_group(self) -> Any:
+        if self._admin is None:
+            self._admin = make_admin(self.settings.kafka)
+        return self._admin.describe_groups([self.group_id])[self.group_id]
+
+    def _topic_partitions(self) -> set[int]:
+        return set(self._consumer.partitions_for_topic(self.topic) or ())
+
+    def _rejoin(self, reason: str) -> None:
+        """Replace a consumer that fell out of its group without noticing (see tickcast.group_watch).
+
+        Called only while the sink holds no partition, so nothing consumed is dropped; the new
+        member resumes from the positions the table recorded.
+        """
+        log.warning("sink: %s; replacing the Kafka consumer to rejoin group %s", reason, self.group_id)
+        self.stats.rejoins += 1
+        self.metrics.rejoins.labels(self.topic).inc()
+        with contextlib.suppress(Exception):
+            self._consumer.close(autocommit=False)
+        for key in list(self._parts):
+            self._forget(key)
+        self._events.clear()
+        self._open_consumer()
+        self._watch.reset()
 
     def _wait_for_store(self, since: float) -> None:
         """Block until the lake answers; StoreUnavailable after the outage limit."""
@@ -263,6 +305,10 @@ class Sink:
                 delay = min(delay * 2, _BACKOFF_MAX_S)
 
     def _close(self, clean: bool) -> None:
+        if self._admin is not None:
+            with contextlib.suppress(Exception):
+                self._admin.close()
+            self._admin = None
         if self._consumer is not None:
             try:
                 # No auto-commit: only flushes commit. Leaving the group lets others take over now.
@@ -297,6 +343,13 @@ class Sink:
             "assigned": sorted(tp.partition for tp, _ in parts),
             "paused": sorted(tp.partition for tp, p in parts if p.paused),
             "store_outage_s": round(outage, 1),
+            "group_seen": None
+            if (view := self._watch.last_view) is None
+            else {
+                "state": view.state,
+                "members": view.members,
+                "owned_partitions": sorted(view.owned),
+            },
             "stats": self.stats.to_dict(),
         }
 
@@ -333,6 +386,10 @@ class Sink:
                 records = {}
             self._last_poll = time.monotonic()
             self._apply_rebalance()
+            reason = self._watch.check(assigned=bool(self._parts))
+            if reason is not None:
+                self._rejoin(reason)
+                continue
             # Records before positioning: a poll that rebalanced can return records fetched
             # from the old position; they are ignored while the partition is not ready.
             for tp, recs in records.items():

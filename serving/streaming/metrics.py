@@ -68,6 +68,7 @@ class ForecasterMetrics:
     bars: Any
     duplicates_skipped: Any
     steps_missed: Any
+    rejoins: Any
     lake_flush: Any
     tickers: Any
     pending: Any
@@ -116,6 +117,10 @@ def metrics() -> ForecasterMetrics:
             p + "duplicates_skipped_total", "Bars not forecast because a forecast for them already exists."
         ),
         steps_missed=Counter(p + "steps_missed_total", "Forecast steps never scored because no bar came for them."),
+        rejoins=Counter(
+            p + "rejoins_total",
+            "Kafka consumers replaced after falling out of the group unnoticed (tickcast.group_watch).",
+        ),
         lake_flush=Histogram(p + "lake_flush_seconds", "Duration of one lake flush.", buckets=LATENCY_BUCKETS),
         tickers=Gauge(p + "tickers", "Tickers whose context is held."),
         pending=Gauge(p + "pending", "Tickers waiting for a forecast (coalesced: at most one entry per ticker)."),

@@ -48,6 +48,7 @@ from tickcast.errors import (
     StoreUnavailable,
     TickcastError,
 )
+from tickcast.group_watch import MembershipWatch
 from tickcast.service import ObservabilityServer, StopFlag
 from tickcast.settings import Settings
 
@@ -138,6 +139,7 @@ class RunStats:
     commits: int = 0
     max_pending: int = 0
     max_in_flight_tickers: int = 0
+    rejoins: int = 0
     stopped_by: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -210,6 +212,17 @@ class ForecasterService:
         self._observability: ObservabilityServer | None = None
         self._started = False
         self.stats = RunStats()
+        self._admin: Any = None
+        # kafka-python's default session timeout is 10 s: a member normally holds its
+        # partitions well within 30 s of joining (see tickcast.group_watch).
+        self._watch = MembershipWatch(
+            self._describe_group,
+            self._topic_partitions,
+            settings.kafka.topic_bars,
+            grace_s=30.0,
+            check_interval_s=10.0,
+            rebalance_limit_s=120.0,
+        )
         #: (bar_end_to_forecast_s, ingest_to_forecast_s) per published forecast, filled by Kafka's
         #: ack thread; the second is None for catch-up forecasts of bars read from the lake.
         self.latencies: deque[tuple[float, float | None]] = deque(maxlen=LATENCY_SAMPLES)
@@ -250,6 +263,31 @@ class ForecasterService:
         # mid-way (see _commit).
         self._consumer.topics()
 
+    def _describe_group(self) -> Any:
+        from tickcast.kafka import make_admin
+
+        if self._admin is None:
+            self._admin = make_admin(self.settings.kafka)
+        return self._admin.describe_groups([self.cfg.group_id])[self.cfg.group_id]
+
+    def _topic_partitions(self) -> set[int]:
+        return set(self._consumer.partitions_for_topic(self.settings.kafka.topic_bars) or ())
+
+    def _rejoin(self, reason: str) -> None:
+        """Replace a consumer that fell out of its group without noticing; it holds no partition."""
+        from tickcast.kafka import make_consumer
+
+        log.warning("forecaster: %s; replacing the Kafka consumer to rejoin group %s", reason, self.cfg.group_id)
+        self.stats.rejoins += 1
+        self.m.rejoins.inc()
+        try:
+            self._consumer.close(autocommit=False)
+        except Exception as exc:
+            log.warning("closing the stale consumer: %s", exc)
+        self._consumer = make_consumer(self.settings.kafka, self.cfg.group_id)
+        self._subscribe()
+        self._watch.reset()
+
     def close(self) -> None:
         """Finish in-flight requests, write the lake batch, commit, close clients in order."""
         if not self._started:
@@ -272,6 +310,8 @@ class ForecasterService:
                 self._producer.close(timeout=self.settings.kafka.request_timeout_s)
             if self._consumer is not None:
                 self._consumer.close(autocommit=False)
+            if self._admin is not None:
+                self._admin.close()
             self.client.close()
             if self._observability is not None:
                 self._observability.stop()
@@ -394,6 +434,9 @@ class ForecasterService:
                 # so the consumer never needs tiny timeouts (kafka-python can lose a group
                 # re-join that a very short poll interrupts).
                 records = self._consumer.poll(timeout_ms=POLL_TIMEOUT_MS, max_records=limit)
+                reason = self._watch.check(assigned=bool(self._consumer.assignment()))
+                if reason is not None:
+                    self._rejoin(reason)
                 with self._cond:
                     for tp, batch in records.items():
                         for record in batch:
