@@ -8,6 +8,13 @@ session that had to start it stops it at the end (unless ``TICKCAST_TEST_KEEP_IN
 Overrides (environment): ``TICKCAST_TEST_INFRA_DIR``, ``TICKCAST_TEST_KAFKA_PORT``,
 ``TICKCAST_TEST_KAFKA_CONTROLLER_PORT``, ``TICKCAST_TEST_MINIO_PORT``,
 ``TICKCAST_TEST_MINIO_CONSOLE_PORT``, ``TICKCAST_TEST_KEEP_INFRA``.
+
+Kafka runs policy-enforced, as ``tickcast up`` runs it: SASL logins and ACLs generated from
+``pulumi/tickcast_infra/kafka_access.py``. Test settings log in as the super user ``admin``
+(tests create their own topics and groups); ``kafka_as(workload)`` gives a workload's own
+SCRAM user, and integration and e2e tests see the admin's ``TICKCAST_KAFKA__SASL_*`` variables
+in their environment, so the ``tickcast`` processes they start can log in.
+``TICKCAST_TEST_KAFKA_WORKLOAD_USERS=0`` runs an open broker instead.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ TEST_INFRA: dict[str, Any] = {
     "minio_port": int(os.environ.get("TICKCAST_TEST_MINIO_PORT", "19000")),
     "minio_console_port": int(os.environ.get("TICKCAST_TEST_MINIO_CONSOLE_PORT", "19001")),
     "minio_enabled": True,
+    "kafka_workload_users": os.environ.get("TICKCAST_TEST_KAFKA_WORKLOAD_USERS", "1") not in ("0", "false"),
     # A cold start on two busy cores (JIT, first topic creation) can be slow.
     "start_timeout_s": 180.0,
 }
@@ -65,11 +73,30 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def kafka_admin_overrides(infra: dict[str, Any]) -> dict[str, Any]:
+    """The ``kafka`` settings group of the super user of the broker of ``infra`` (nothing for an open broker)."""
+    from tickcast.infra import kafka_acls
+
+    if not infra.get("kafka_workload_users", True):
+        return {}
+    admin = kafka_acls.load_users(Path(infra["state_dir"]))[kafka_acls.ADMIN]
+    return {
+        "security_protocol": kafka_acls.SECURITY_PROTOCOL,
+        "sasl_mechanism": admin.mechanism,
+        "sasl_username": admin.name,
+        "sasl_password": admin.password.get_secret_value(),
+    }
+
+
 def infra_overrides(infra: dict[str, Any]) -> dict[str, Any]:
     """Settings overrides (kafka, lake, infra groups) that point at the infrastructure ``infra``."""
     return {
         "infra": dict(infra),
-        "kafka": {"bootstrap_servers": f"127.0.0.1:{infra['kafka_port']}", "request_timeout_s": 10.0},
+        "kafka": {
+            "bootstrap_servers": f"127.0.0.1:{infra['kafka_port']}",
+            "request_timeout_s": 10.0,
+            **kafka_admin_overrides(infra),
+        },
         "lake": {
             "s3_endpoint_url": f"http://127.0.0.1:{infra['minio_port']}",
             "s3_access_key_id": "tickcast",
@@ -176,22 +203,112 @@ def s3_settings(infra: LocalInfra, make_settings: Callable[..., Settings]) -> It
         client.delete_bucket(Bucket=bucket)
 
 
+@pytest.fixture
+def lake_as(infra: LocalInfra, s3_settings: Settings) -> Callable[[str], Settings]:
+    """Factory: ``lake_as("consumer") -> Settings``: ``s3_settings`` with that workload's own MinIO user.
+
+    The policy-enforced local mode, as ``tickcast up`` runs services: every workload's user
+    and policy (generated from ``pulumi/tickcast_infra/lake_access.py``) are applied for this
+    test's bucket, and the settings carry the workload's keys instead of the root ones, so an
+    operation its grants lack is denied by MinIO. ``s3_settings`` keeps the root keys for set-up.
+    """
+    from tickcast.infra.minio_server import MINIO_VERSION
+    from tickcast.infra.minio_users import MinioUsers, bucket_and_prefix
+
+    applied: dict[str, Any] = {}
+
+    def build(workload: str) -> Settings:
+        if not applied:
+            users = MinioUsers(infra.settings.infra, MINIO_VERSION, _progress)
+            applied.update(users.apply(*bucket_and_prefix(s3_settings.lake.url)))
+        if workload not in applied:
+            raise KeyError(f"no MinIO user for workload {workload!r}; workloads: {', '.join(sorted(applied))}")
+        lake = applied[workload].lake_settings(s3_settings.lake)
+        return s3_settings.model_copy(update={"lake": lake})
+
+    return build
+
+
 @pytest.fixture(scope="session")
 def kafka_admin(infra: LocalInfra) -> Iterator[Any]:
-    """A kafka-python ``KafkaAdminClient`` on the test broker."""
+    """A kafka-python ``KafkaAdminClient`` on the test broker (the super user)."""
     from kafka.admin import KafkaAdminClient
 
-    admin = KafkaAdminClient(bootstrap_servers=infra.kafka_bootstrap, client_id="tickcast-tests")
+    from tickcast.kafka import common_config
+
+    admin = KafkaAdminClient(**common_config(infra.settings.kafka), client_id="tickcast-tests")
     yield admin
     admin.close()
 
 
-def wait_for_topics(bootstrap: str, names: list[str], timeout_s: float = 30.0) -> None:
-    """Block until the broker's metadata lists every topic in ``names``."""
+def kafka_env(settings: Settings) -> dict[str, str]:
+    """``TICKCAST_KAFKA__*`` login variables of ``settings`` (empty for an open broker), for the
+    environment of a ``tickcast`` process a test starts with a minimal environment."""
+    from tickcast.infra import kafka_acls
+
+    kafka = settings.kafka
+    if kafka.sasl_username is None or kafka.sasl_mechanism is None or kafka.sasl_password is None:
+        return {}
+    user = kafka_acls.KafkaUser(kafka.sasl_username, kafka.sasl_mechanism, kafka.sasl_password)
+    return kafka_acls.client_env(user)
+
+
+@pytest.fixture(autouse=True)
+def _kafka_admin_env(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Integration and e2e tests: ``TICKCAST_KAFKA__SASL_*`` of the test broker's super user in the
+    environment, so ``tickcast`` processes a test starts (and settings loaded from the
+    environment) log in. A platform started by a test gives its services their own users."""
+    if request.node.get_closest_marker("integration") is None and request.node.get_closest_marker("e2e") is None:
+        return
+    from tickcast.settings import env_name
+
+    for name, value in kafka_admin_overrides(TEST_INFRA).items():
+        monkeypatch.setenv(env_name("kafka", name), value)
+
+
+@pytest.fixture
+def kafka_as(infra: LocalInfra, make_settings: Callable[..., Settings]) -> Iterator[Callable[..., Settings]]:
+    """Factory: ``kafka_as("producer", **overrides) -> Settings`` logged in to the test broker as
+    that workload's own SCRAM user, whose ACLs are generated from ``kafka_access.py`` for the
+    topic and group names of these settings (the infra applies them for the default names; a
+    test that renames topics or groups gets ACLs for its names, removed after the test).
+
+    Keyword arguments are nested overrides as for ``make_settings``. What the grant lacks is
+    denied by the broker.
+    """
+    from tickcast.infra import kafka_acls
+
+    applied: list[Settings] = []
+
+    def build(workload: str, **overrides: Any) -> Settings:
+        if not TEST_INFRA["kafka_workload_users"]:
+            pytest.fail("kafka_as needs the policy-enforced broker (TICKCAST_TEST_KAFKA_WORKLOAD_USERS unset)")
+        settings = make_settings(**overrides)
+        if kafka_acls.names_from_settings(settings) != kafka_acls.names_from_settings(infra.settings):
+            kafka_acls.apply(settings)
+            applied.append(settings)
+        return settings.model_copy(update={"kafka": kafka_acls.workload_settings(settings, workload)})
+
+    yield build
+    for settings in applied:
+        kafka_acls.remove_acls(settings)
+
+
+def wait_for_topics(bootstrap: str, names: list[str], timeout_s: float = 30.0, state_dir: str | None = None) -> None:
+    """Block until the broker's metadata lists every topic in ``names``.
+
+    ``state_dir``: the broker's state folder, whose admin logs in (default: the shared test broker's).
+    """
+    from tickcast.infra import kafka_acls
+
     host, port = bootstrap.rsplit(":", 1)
+    login = None
+    if TEST_INFRA["kafka_workload_users"]:
+        admin = kafka_acls.load_users(Path(state_dir or TEST_INFRA["state_dir"]))[kafka_acls.ADMIN]
+        login = (admin.name, admin.password.get_secret_value())
     deadline = time.monotonic() + timeout_s
     while True:
-        missing = set(names) - set(kafka_metadata(host, int(port)).topics)
+        missing = set(names) - set(kafka_metadata(host, int(port), sasl_plain=login).topics)
         if not missing:
             return
         if time.monotonic() > deadline:

@@ -18,6 +18,11 @@ from tickcast.settings import KafkaSettings
 log = logging.getLogger(__name__)
 
 _FIX = "start it with `tickcast infra up` or set TICKCAST_KAFKA__BOOTSTRAP_SERVERS to a reachable broker"
+_LOGIN_FIX = (
+    "check TICKCAST_KAFKA__SASL_USERNAME and TICKCAST_KAFKA__SASL_PASSWORD (the local broker's users are in "
+    "STATE_DIR/kafka/users.json; `tickcast up` gives each service its own), or " + _FIX
+)
+_LOOPBACK = ("127.0.0.1", "localhost", "[::1]", "::1")
 
 
 def common_config(settings: KafkaSettings) -> dict[str, Any]:
@@ -36,6 +41,13 @@ def common_config(settings: KafkaSettings) -> dict[str, Any]:
         config["sasl_plain_username"] = settings.sasl_username
         if settings.sasl_password is not None:
             config["sasl_plain_password"] = settings.sasl_password.get_secret_value()
+        if settings.security_protocol == "SASL_PLAINTEXT" and all(
+            s.rsplit(":", 1)[0] in _LOOPBACK for s in config["bootstrap_servers"]
+        ):
+            # The local policy-enforced broker: logins without TLS on loopback are expected, and
+            # kafka-python would warn about them on every connection.
+            for name in ("kafka.net.sasl.plain", "kafka.net.sasl.scram"):
+                logging.getLogger(name).setLevel(logging.ERROR)
     if settings.ssl_cafile:
         config["ssl_cafile"] = settings.ssl_cafile
     return config
@@ -73,6 +85,13 @@ def msk_iam_token_provider(region: str | None) -> Any:
 
 
 def _no_brokers(settings: KafkaSettings, exc: Exception) -> BrokerUnavailable:
+    if settings.sasl_mechanism and settings.sasl_mechanism != "OAUTHBEARER":
+        # kafka-python reports a refused login as a bootstrap timeout; the broker logs the refusal
+        return BrokerUnavailable(
+            f"no Kafka broker reachable at {settings.bootstrap_servers}, or it refused the "
+            f"{settings.sasl_mechanism} login of user {settings.sasl_username!r} ({type(exc).__name__})",
+            _LOGIN_FIX,
+        )
     return BrokerUnavailable(f"no Kafka broker reachable at {settings.bootstrap_servers} ({type(exc).__name__})", _FIX)
 
 

@@ -30,12 +30,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tickcast.api_token import TOKEN_SETTING, ensure_local_token
 from tickcast.errors import InfraError
 from tickcast.infra import process
 from tickcast.infra.base import HOST, LocalService, Port, Progress, ServiceStatus, inherited_env
 from tickcast.infra.manager import SERVICE_NAMES, InfraManager
+from tickcast.infra.minio_users import SERVICE_WORKLOADS, LakeCredentials, service_env
 from tickcast.restarts import RestartRecord
-from tickcast.settings import Settings
+from tickcast.settings import KafkaSettings, Settings
 from tickcast.supervisor import Supervised, Supervisor
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,8 @@ log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Written into ``up``'s pid file; ``down`` signals only a live tickcast process.
 UP_MARKER = "tickcast up"
+#: The services that get the forecast API's bearer token: Serve and the two that call it.
+API_TOKEN_SERVICES = frozenset({"serve", "forecaster", "dashboard"})
 
 
 def http_ok(url: str, timeout_s: float = 2.0) -> bool:
@@ -75,6 +79,12 @@ class AppService(LocalService):
         self.name = spec.name
         super().__init__(settings.infra, progress)
         self.spec = spec
+        #: Its own MinIO keys in policy-enforced mode (set by ``Platform.up``), else None.
+        self.lake_credentials: LakeCredentials | None = None
+        #: The forecast API's bearer token for the services that call or serve it (set by ``Platform.up``).
+        self.api_token: str | None = None
+        #: Its own Kafka user's TICKCAST_KAFKA__SASL_* variables in policy-enforced mode (set by ``Platform.up``).
+        self.kafka_env: dict[str, str] = {}
 
     @property
     def ports(self) -> list[Port]:
@@ -92,7 +102,13 @@ class AppService(LocalService):
     def command(self) -> tuple[list[str], dict[str, str]]:
         # --instance carries the marker that identifies this process in `ps` and pid checks.
         argv = [sys.executable, "-m", "tickcast", "--instance", self.marker, *self.spec.args]
-        return argv, inherited_env(dict(self.spec.env))
+        env = inherited_env(dict(self.spec.env))
+        if self.lake_credentials is not None:
+            env = service_env(env, self.lake_credentials)
+        if self.api_token is not None:
+            env[TOKEN_SETTING] = self.api_token
+        env.update(self.kafka_env)
+        return argv, env
 
     def probe(self, timeout_s: float = 2.0) -> bool:
         return http_ok(f"http://{HOST}:{self.spec.port}{self.spec.health_path}", timeout_s)
@@ -222,8 +238,11 @@ class Platform:
         started = time.monotonic()
         self.progress(f"[1/{total}] infrastructure (state in {self.infra.state_dir})")
         self.infra.up()
+        self.give_lake_credentials()
+        self.give_api_token()
+        self.give_kafka_users()
         self.check_lake_layout()
-        ensure_topics(self.settings.kafka)
+        ensure_topics(self.kafka_admin_settings())
         for i, name in enumerate(names, start=2):
             if stop():
                 return self.status()
@@ -231,6 +250,57 @@ class Platform:
             self.apps[name].start()
         self.progress(f"platform up in {time.monotonic() - started:.0f} s")
         return self.status()
+
+    def give_lake_credentials(self) -> None:
+        """In policy-enforced mode, give each service its own workload's MinIO keys (else leave them).
+
+        Raises:
+            InfraError: for a service with no workload in the grants (it would run as root).
+        """
+        credentials = self.infra.lake_credentials()
+        for name, app in self.apps.items():
+            if not credentials:
+                app.lake_credentials = None
+                continue
+            workload = SERVICE_WORKLOADS.get(name)
+            if workload not in credentials:
+                raise InfraError(
+                    f"service {name} has no lake grants, so it cannot run in policy-enforced mode",
+                    "add it to SERVICE_WORKLOADS in tickcast/infra/minio_users.py (and its workload to "
+                    "pulumi/tickcast_infra/lake_access.py), or set TICKCAST_INFRA__MINIO_WORKLOAD_USERS=false",
+                )
+            app.lake_credentials = credentials[workload]
+
+    def give_kafka_users(self) -> None:
+        """In policy-enforced mode, each service logs in to Kafka as its own workload's SCRAM user
+        (none for a service without Kafka grants), whatever SASL settings the environment holds."""
+        from tickcast.infra import kafka_acls
+
+        for name, app in self.apps.items():
+            app.kafka_env = {}
+            if self.settings.infra.kafka_workload_users:
+                app.kafka_env = kafka_acls.workload_env(self.settings, SERVICE_WORKLOADS.get(name, name))
+
+    def kafka_admin_settings(self) -> KafkaSettings:
+        """The Kafka settings the platform itself uses (topic creation): the local admin in
+        policy-enforced mode, else the configured ones."""
+        from tickcast.infra import kafka_acls
+
+        if self.settings.infra.kafka_workload_users:
+            return kafka_acls.admin_settings(self.settings)
+        return self.settings.kafka
+
+    def give_api_token(self) -> None:
+        """Give Serve and its callers (forecaster, dashboard) the API token, so the local API requires it.
+
+        The token is ``TICKCAST_SERVING__AUTH_TOKEN`` when the user set it, else the one kept in
+        the state folder (created on the first ``up``, mode 0600). It travels only in the
+        environment of those three services, never on a command line or in a log.
+        """
+        configured = self.settings.serving.auth_token
+        token = configured.get_secret_value() if configured else ensure_local_token(self.infra.state_dir)
+        for name, app in self.apps.items():
+            app.api_token = token if name in API_TOKEN_SERVICES else None
 
     def check_lake_layout(self) -> None:
         """Refuse to start on a lake that still holds tables in the earlier (Hive Parquet) layout.

@@ -48,9 +48,14 @@ class StopFlag:
 
 
 class ObservabilityServer:
-    """``/metrics`` and ``/healthz`` on one port, in a daemon thread."""
+    """``/metrics`` and ``/healthz`` on one port, in a daemon thread.
 
-    def __init__(self, port: int, health: HealthFn | None = None, host: str = "0.0.0.0") -> None:
+    It binds loopback unless told otherwise (``TICKCAST_METRICS_HOST``): on a laptop nothing
+    outside the machine should read a service's health and metrics; in a pod the chart
+    binds all interfaces so Prometheus and the kubelet's probes reach it.
+    """
+
+    def __init__(self, port: int, health: HealthFn | None = None, host: str = "127.0.0.1") -> None:
         self.port = port
         self.host = host
         self.health = health or (lambda: (True, {}))
@@ -86,7 +91,7 @@ class ObservabilityServer:
         self._server = ThreadingHTTPServer((self.host, self.port), Handler)
         self.port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, name="observability", daemon=True).start()
-        log.info("metrics on :%d/metrics, health on :%d/healthz", self.port, self.port)
+        log.info("metrics on %s:%d/metrics, health on /healthz", self.host, self.port)
         return self
 
     def stop(self) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tickcast.errors import ConfigError
@@ -104,6 +104,19 @@ class InfraSettings(BaseModel):
     minio_root_password: SecretStr = Field(
         SecretStr("tickcast-local-only"), description="Root password of the local MinIO (secret; local use only)."
     )
+    minio_workload_users: bool = Field(
+        True,
+        description="Policy-enforced local lake: when the lake is s3:// on the local MinIO, each service runs "
+        "as its own MinIO user whose policy is generated from the Pulumi IAM statements "
+        "(pulumi/tickcast_infra/lake_access.py); false runs every service with the root credentials.",
+    )
+    kafka_workload_users: bool = Field(
+        True,
+        description="Policy-enforced local Kafka: the local broker requires SASL logins, and each service runs as "
+        "its own SCRAM user whose ACLs are generated from the Pulumi MSK grants "
+        "(pulumi/tickcast_infra/kafka_access.py); users are kept in STATE_DIR/kafka/users.json (mode 0600). "
+        "False runs the broker without authentication or ACLs.",
+    )
     start_timeout_s: float = Field(90.0, gt=0, description="How long to wait for a local service to become healthy.")
 
 
@@ -172,10 +185,24 @@ class ServingSettings(BaseModel):
     max_series_length: int = Field(8192, ge=1, description="Longest accepted context per series.")
     max_series_per_request: int = Field(1024, ge=1, description="Most series one request may carry.")
     max_body_bytes: int = Field(8_000_000, ge=1024, description="Largest accepted request body, in bytes.")
-    auth_token: SecretStr | None = Field(None, description="Bearer token required by the API when set (secret).")
+    max_inflight_bytes: int = Field(
+        64_000_000,
+        ge=1024,
+        description="Request body bytes one replica holds at once (declared Content-Length counts as soon as a "
+        "request arrives); past it requests get 503 with Retry-After instead of queueing in memory. At least "
+        "max_body_bytes.",
+    )
+    auth_token: SecretStr | None = Field(
+        None,
+        description="Bearer token the API requires (secret, never logged). `tickcast up` generates one under the "
+        "state folder when unset; required whenever host is not a loopback address. /healthz and /metrics stay open.",
+    )
     torch_threads: int = Field(0, ge=0, description="Torch intra-op threads per replica; 0 leaves torch's default.")
     hub_model: str = Field(
-        "amazon/chronos-2", description="Hub model that model=auto tries before falling back to the bundled model."
+        "amazon/chronos-2@254b5357164a84326913b0695216f690752ac55d",
+        description="Hub model that model=auto tries before falling back to the bundled model, pinned to a commit "
+        "as ORG/NAME@COMMIT (40 hex characters) so a push to the hub cannot change what is served; empty skips "
+        "the hub.",
     )
     max_ongoing_requests: int = Field(
         256, ge=1, description="Requests one replica accepts at once; keep it above max_batch_size so batches fill."
@@ -189,6 +216,26 @@ class ServingSettings(BaseModel):
         "replicas, and replica N also answers HTTP itself on port+N, skipping the proxy hop. Applies to the Ray "
         "that `tickcast serve` starts.",
     )
+
+    @field_validator("hub_model")
+    @classmethod
+    def _check_hub_model(cls, value: str) -> str:
+        _repo, at, commit = value.partition("@")
+        if value and not (at and len(commit) == 40 and all(c in "0123456789abcdef" for c in commit)):
+            raise ValueError(
+                f"{value[:100]!r} is not pinned to a commit: use ORG/NAME@COMMIT with the 40-character commit "
+                "hash, e.g. amazon/chronos-2@254b5357164a84326913b0695216f690752ac55d, or empty to skip the hub"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_inflight(self) -> ServingSettings:
+        if self.max_inflight_bytes < self.max_body_bytes:
+            raise ValueError(
+                f"max_inflight_bytes ({self.max_inflight_bytes}) is below max_body_bytes ({self.max_body_bytes}), "
+                "so the largest accepted body could never be served: raise it"
+            )
+        return self
 
 
 class ForecasterSettings(BaseModel):
@@ -275,6 +322,18 @@ class ProducerSettings(BaseModel):
         "lz4", description="Kafka producer compression."
     )
     metrics_port: int = Field(9300, ge=0, le=65535, description="Prometheus metrics port (0 disables).")
+    dlq_max_bytes: int = Field(
+        1_000_000,
+        ge=8192,
+        description="Largest dead-letter record, in bytes: a bigger rejected payload is truncated to fit, with headers "
+        "truncated=true and original.size. Keep it below the DLQ topic's max.message.bytes (Kafka's default: 1048588).",
+    )
+    dlq_unhealthy_after_s: float = Field(
+        60.0,
+        gt=0,
+        description="The producer's /healthz turns unhealthy once writes to the dead-letter topic have kept failing "
+        "this long, in seconds (they are retried with back-off meanwhile).",
+    )
 
 
 class DashboardSettings(BaseModel):
@@ -315,6 +374,12 @@ class Settings(BaseSettings):
     )
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level of every service.")
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="Address the producer's, consumer's and forecaster's /metrics and /healthz server binds: "
+        "loopback locally, so nothing outside this machine reaches it; the Helm chart sets 0.0.0.0 for "
+        "Prometheus and the kubelet's probes.",
+    )
     kafka: KafkaSettings = Field(default_factory=KafkaSettings, description="Kafka.")  # type: ignore[arg-type]
     lake: LakeSettings = Field(default_factory=LakeSettings, description="The lake.")  # type: ignore[arg-type]
     infra: InfraSettings = Field(default_factory=InfraSettings, description="Local infrastructure.")  # type: ignore[arg-type]

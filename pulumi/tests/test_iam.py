@@ -14,6 +14,7 @@ import pytest
 
 from conftest import OIDC_ID, Deployment
 from tickcast_infra.iam import WORKLOADS
+from tickcast_infra.kafka_access import KAFKA_ACCESS, PERMISSIONS, acl_entries, msk_statements
 from tickcast_infra.lake_access import LAKE_ACCESS, LAKE_TABLES, check_access, s3_statements
 
 WORKLOAD_NAMES = sorted(WORKLOADS)
@@ -189,9 +190,15 @@ def test_producer_writes_open_close_and_its_state_and_reads_bars(deployment: Dep
 def test_producer_writes_only_its_topics(deployment: Deployment) -> None:
     arns = Arns(deployment)
     policy = _policy(deployment, "producer")
-    assert _resources_for(policy, "kafka-cluster:WriteData") >= {f"{arns.topic}/bars", f"{arns.topic}/bars.dlq"}
-    assert "kafka-cluster:ReadData" not in _actions(policy)
-    assert f"{arns.topic}/forecasts" not in _resources_for(policy, "kafka-cluster:WriteData")
+    # (the prefix also matches WriteDataIdempotently, granted on the cluster)
+    assert _resources_for(policy, "kafka-cluster:WriteData") - {arns.kafka} == {
+        f"{arns.topic}/bars",
+        f"{arns.topic}/bars.dlq",
+        f"{arns.topic}/open_close",
+    }
+    # a polygon-rest backfill and a resumed replay scan the bars topic's tail (no group)
+    assert _resources_for(policy, "kafka-cluster:ReadData") == {f"{arns.topic}/bars"}
+    assert not _resources_for(policy, "kafka-cluster:AlterGroup"), "the producer joins no consumer group"
 
 
 @pytest.mark.parametrize("workload", WORKLOAD_NAMES)
@@ -330,3 +337,34 @@ def test_load_balancer_controller_role_is_for_its_service_account(deployment: De
     release = deployment.one("kubernetes:helm.sh/v3:Release", "aws-load-balancer-controller").inputs["values"]
     assert release["serviceAccount"]["annotations"]["eks.amazonaws.com/role-arn"] == role.outputs["arn"]
     assert release["clusterName"] == f"tickcast-{deployment.stack}"
+
+
+def test_kafka_statements_come_from_kafka_access(deployment: Deployment) -> None:
+    """Each role's Kafka statements are exactly what kafka_access.msk_statements makes of its grant."""
+    assert set(KAFKA_ACCESS) == set(LAKE_ACCESS) == set(WORKLOADS), "one list of workloads for S3 and Kafka"
+    for workload, access in WORKLOADS.items():
+        assert access.kafka == KAFKA_ACCESS[workload]
+        policy = _policy(deployment, workload)
+        kafka = [s for s in policy["Statement"] if any(a.startswith("kafka-cluster:") for a in s["Action"])]
+        assert kafka == msk_statements(KAFKA_ACCESS[workload], deployment.outputs["kafkaClusterArn"]), workload
+
+
+def test_msk_actions_and_kafka_acls_say_the_same_per_topic_and_group() -> None:
+    """The local broker's ACLs and the MSK IAM statements of one grant cover the same resources
+    with the corresponding permission (kafka_access.PERMISSIONS is the one translation table)."""
+    arn = "arn:aws:kafka:us-east-1:123456789012:cluster/tickcast/abc"
+    iam_to_acl = {iam: acl for iam, acl in PERMISSIONS.values()}
+    for workload, grant in KAFKA_ACCESS.items():
+        from_iam: set[tuple[str, str, str]] = set()
+        for statement in msk_statements(grant, arn):
+            if statement["Sid"] == "KafkaCluster":
+                continue
+            operations = iam_to_acl[tuple(statement["Action"])]
+            for resource in statement["Resource"]:
+                kind, _, name = resource.split(":", 5)[5].partition("/")
+                name = name.split("/", 2)[2]
+                from_iam |= {(kind.upper(), name, op) for op in operations}
+        acls = {(e.resource_type, e.name, e.operation) for e in acl_entries(grant) if e.resource_type != "CLUSTER"}
+        assert acls == from_iam, workload
+        cluster = {e.operation for e in acl_entries(grant) if e.resource_type == "CLUSTER"}
+        assert cluster == ({"IDEMPOTENT_WRITE"} if grant.write else set()), workload

@@ -1,11 +1,11 @@
 """IAM roles for service accounts (IRSA): one role per workload, least privilege.
 
-:data:`WORKLOADS` is the access matrix, the one place that says which workload may touch
-which Kafka topic and group; its lake part is
+:data:`WORKLOADS` is the access matrix: its lake part is
 :data:`tickcast_infra.lake_access.LAKE_ACCESS` (tables and blob prefixes, read, write or
-maintain). No workload reads Secrets Manager: the Polygon key reaches the producer as a
-Kubernetes Secret only (see app.py). The policy builders are plain functions over ARNs, so tests read the exact
-documents the roles get.
+maintain), its Kafka part :data:`tickcast_infra.kafka_access.KAFKA_ACCESS` (topics and groups,
+the same grants the local broker enforces as ACLs). No workload reads Secrets Manager: the
+Polygon key reaches the producer as a Kubernetes Secret only (see app.py). The policy builders
+are plain functions over ARNs, so tests read the exact documents the roles get.
 """
 
 from __future__ import annotations
@@ -19,28 +19,41 @@ import pulumi
 import pulumi_aws as aws
 
 from tickcast_infra.chart_names import service_account_name
+from tickcast_infra.kafka_access import (
+    KAFKA_ACCESS,
+    KAFKA_ADMIN,
+    TOPICS,
+    KafkaGrant,
+    kafka_arn,
+    msk_statements,
+)
+from tickcast_infra.kafka_access import KAFKA_ADMIN_ACCESS as _KAFKA_ADMIN_GRANT
 from tickcast_infra.lake_access import LAKE_ACCESS, Access, s3_statements, writes_lake
 
-# Topic and consumer-group names, the defaults of tickcast.settings.KafkaSettings and the
-# services' group ids (TICKCAST_KAFKA__TOPIC_*, TICKCAST_CONSUMER__GROUP_ID, ...).
-TOPIC_BARS = "bars"
-TOPIC_FORECASTS = "forecasts"
-TOPIC_DLQ = "bars.dlq"
-TOPIC_OPEN_CLOSE = "open_close"
-TOPICS = (TOPIC_BARS, TOPIC_FORECASTS, TOPIC_DLQ, TOPIC_OPEN_CLOSE)
-GROUP_CONSUMER = "tickcast-sink"
-GROUP_FORECASTER = "tickcast-forecaster"
+__all__ = [
+    "KAFKA_ADMIN",
+    "KAFKA_ADMIN_ACCESS",
+    "TOPICS",
+    "WORKLOADS",
+    "IrsaRole",
+    "IrsaRoleArgs",
+    "ResourceArns",
+    "WorkloadAccess",
+    "WorkloadRoles",
+    "WorkloadRolesArgs",
+    "irsa_trust_policy",
+    "kafka_arn",
+    "policy_document",
+]
 
 
 @dataclass(frozen=True)
 class WorkloadAccess:
-    """What one workload may do. ``lake`` maps a table or blob prefix to its access level."""
+    """What one workload may do: ``lake`` maps a table or blob prefix to its access level,
+    ``kafka`` is its :class:`~tickcast_infra.kafka_access.KafkaGrant`."""
 
     lake: Mapping[str, Access] = field(default_factory=dict)
-    kafka_read: tuple[str, ...] = ()
-    kafka_write: tuple[str, ...] = ()
-    kafka_groups: tuple[str, ...] = ()
-    kafka_create_topics: tuple[str, ...] = ()
+    kafka: KafkaGrant = field(default_factory=KafkaGrant)
 
     @property
     def uses_lake(self) -> bool:
@@ -52,41 +65,17 @@ class WorkloadAccess:
 
     @property
     def uses_kafka(self) -> bool:
-        return bool(self.kafka_read or self.kafka_write or self.kafka_create_topics)
+        return self.kafka.uses_kafka
 
 
 WORKLOADS: dict[str, WorkloadAccess] = {
-    # Polygon -> Kafka; open/close rows and backfill checkpoints in the lake.
-    "producer": WorkloadAccess(
-        lake=LAKE_ACCESS["producer"],
-        kafka_write=(TOPIC_BARS, TOPIC_DLQ, TOPIC_OPEN_CLOSE),
-    ),
-    # Kafka -> the bars table (its commits record the Kafka positions); bad records to the DLQ.
-    "consumer": WorkloadAccess(
-        lake=LAKE_ACCESS["consumer"],
-        kafka_read=(TOPIC_BARS,),
-        kafka_write=(TOPIC_DLQ,),
-        kafka_groups=(GROUP_CONSUMER,),
-    ),
-    # bars -> serving -> forecasts (Kafka and lake), scores and score aggregates.
-    "forecaster": WorkloadAccess(
-        lake=LAKE_ACCESS["forecaster"],
-        kafka_read=(TOPIC_BARS,),
-        kafka_write=(TOPIC_FORECASTS,),
-        kafka_groups=(GROUP_FORECASTER,),
-    ),
-    # Ray Serve (and batch forecasts on its cluster): models and bars in, forecasts out.
-    "serving": WorkloadAccess(lake=LAKE_ACCESS["serving"]),
-    # Streamlit: reads the lake and the newest dead-letter records (no consumer group); writes nothing.
-    "dashboard": WorkloadAccess(lake=LAKE_ACCESS["dashboard"], kafka_read=(TOPIC_DLQ,)),
-    # Ray batch jobs: backtests and fine-tuning.
-    "batch": WorkloadAccess(lake=LAKE_ACCESS["batch"]),
-    # The lake maintenance CronJobs (optimize, vacuum): the only role that deletes data files.
-    "maintenance": WorkloadAccess(lake=LAKE_ACCESS["maintenance"]),
+    workload: WorkloadAccess(lake=LAKE_ACCESS[workload], kafka=KAFKA_ACCESS[workload])
+    for workload in ("producer", "consumer", "forecaster", "serving", "dashboard", "batch", "maintenance")
 }
+"""Workload -> its lake and Kafka grants (``tests/test_iam.py`` checks that both sources name
+exactly these workloads)."""
 
-KAFKA_ADMIN = "kafka-admin"
-KAFKA_ADMIN_ACCESS = WorkloadAccess(kafka_create_topics=TOPICS)
+KAFKA_ADMIN_ACCESS = WorkloadAccess(kafka=_KAFKA_ADMIN_GRANT)
 """The topic-creation Job's access (MSK Serverless only; provisioned clusters use the MSK topic API)."""
 
 
@@ -98,17 +87,6 @@ class ResourceArns:
     lake_prefix: str
     lake_kms_key_arn: str
     kafka_cluster_arn: str
-
-
-def kafka_arn(cluster_arn: str, kind: str, name: str) -> str:
-    """The ARN of a topic or group (``kind``) of an MSK cluster, from the cluster's ARN.
-
-    ``arn:aws:kafka:R:A:cluster/NAME/UUID`` -> ``arn:aws:kafka:R:A:topic/NAME/UUID/TOPIC``.
-    """
-    head, sep, tail = cluster_arn.partition(":cluster/")
-    if not sep:
-        raise ValueError(f"not an MSK cluster ARN: {cluster_arn!r}")
-    return f"{head}:{kind}/{tail}/{name}"
 
 
 def policy_document(access: WorkloadAccess, arns: ResourceArns) -> dict[str, Any]:
@@ -125,52 +103,7 @@ def policy_document(access: WorkloadAccess, arns: ResourceArns) -> dict[str, Any
                 "Resource": [arns.lake_kms_key_arn],
             }
         )
-    if access.uses_kafka:
-        cluster_actions = ["kafka-cluster:Connect", "kafka-cluster:DescribeCluster"]
-        if access.kafka_write:
-            cluster_actions.append("kafka-cluster:WriteDataIdempotently")
-        statements.append(
-            {
-                "Sid": "KafkaCluster",
-                "Effect": "Allow",
-                "Action": cluster_actions,
-                "Resource": [arns.kafka_cluster_arn],
-            }
-        )
-    topic_statements = (
-        ("KafkaRead", access.kafka_read, ["kafka-cluster:DescribeTopic", "kafka-cluster:ReadData"]),
-        ("KafkaWrite", access.kafka_write, ["kafka-cluster:DescribeTopic", "kafka-cluster:WriteData"]),
-        (
-            "KafkaCreateTopics",
-            access.kafka_create_topics,
-            [
-                "kafka-cluster:CreateTopic",
-                "kafka-cluster:DescribeTopic",
-                "kafka-cluster:AlterTopic",
-                "kafka-cluster:DescribeTopicDynamicConfiguration",
-                "kafka-cluster:AlterTopicDynamicConfiguration",
-            ],
-        ),
-    )
-    for sid, topics, actions in topic_statements:
-        if topics:
-            statements.append(
-                {
-                    "Sid": sid,
-                    "Effect": "Allow",
-                    "Action": actions,
-                    "Resource": [kafka_arn(arns.kafka_cluster_arn, "topic", t) for t in topics],
-                }
-            )
-    if access.kafka_groups:
-        statements.append(
-            {
-                "Sid": "KafkaGroups",
-                "Effect": "Allow",
-                "Action": ["kafka-cluster:DescribeGroup", "kafka-cluster:AlterGroup"],
-                "Resource": [kafka_arn(arns.kafka_cluster_arn, "group", g) for g in access.kafka_groups],
-            }
-        )
+    statements.extend(msk_statements(access.kafka, arns.kafka_cluster_arn))
     return {"Version": "2012-10-17", "Statement": statements}
 
 

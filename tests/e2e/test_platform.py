@@ -28,6 +28,7 @@ import duckdb
 import numpy as np
 import pytest
 from conftest import free_port
+from listening import exposed, tree_listeners
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -222,7 +223,7 @@ def pipeline_latency(url: str, screenshot: Path) -> dict[str, str]:
             browser.close()
 
 
-def kafka_ingest_to_forecast_s(bootstrap: str) -> list[float]:
+def kafka_ingest_to_forecast_s(bootstrap: str, state: Path) -> list[float]:
     """Per forecast on the ``forecasts`` topic: its record's Kafka timestamp minus its bar's.
 
     Both timestamps are CreateTime, set by the client at send: the producer's for the bar, the
@@ -231,8 +232,13 @@ def kafka_ingest_to_forecast_s(bootstrap: str) -> list[float]:
     from kafka import KafkaConsumer, TopicPartition
 
     from tickcast.contracts import Bar, Forecast, to_iso
+    from tickcast.infra import kafka_acls
+    from tickcast.kafka import common_config
+    from tickcast.settings import load_settings
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    # The platform's broker enforces logins and ACLs: read the topics as its admin.
+    settings = load_settings(infra={"state_dir": str(state)}, kafka={"bootstrap_servers": bootstrap})
+    consumer = KafkaConsumer(**common_config(kafka_acls.admin_settings(settings)), enable_auto_commit=False)
     try:
         records: dict[str, list[Any]] = {}
         for topic in ("bars", "forecasts"):
@@ -324,9 +330,17 @@ def test_readme_up_runs_the_whole_platform_and_resumes(tmp_path: Path) -> None:
             time.sleep(5)
         assert shown, "the dashboard never drew the forecast band"
 
+        # -- with everything up, nothing listens beyond this machine (`ss -ltnp`, by process tree)
+        listeners = tree_listeners(proc.pid)
+        assert not exposed(listeners), "listening beyond loopback:\n" + "\n".join(exposed(listeners))
+        missing = set(ports.values()) - {item.port for item in listeners}
+        assert not missing, f"service ports {sorted(missing)} not among the platform's listeners (is the check blind?)"
+        assert any("gcs_server" in item.process for item in listeners)
+        assert any("ServeReplica" in item.process for item in listeners)
+
         # -- the Pipeline page's latency is what the Kafka timestamps say ---------------
         page = pipeline_latency(dashboard, ARTIFACTS / "platform-pipeline.png")
-        measured = kafka_ingest_to_forecast_s(f"127.0.0.1:{ports['kafka']}")
+        measured = kafka_ingest_to_forecast_s(f"127.0.0.1:{ports['kafka']}", state)
         assert measured, "no forecast on the forecasts topic matches a bar"
         for key, q in (("p50", 50), ("p95", 95)):
             shown_s = float(page[key].removesuffix(" s"))

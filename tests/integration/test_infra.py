@@ -77,6 +77,11 @@ def test_up_again_reuses_the_running_services(infra: LocalInfra) -> None:
 
 
 def test_other_state_folder_reuses_and_leaves_services_running(infra: LocalInfra, tmp_path: Path) -> None:
+    # the same Kafka users (policy-enforced mode): the broker then answers this folder's admin login
+    users = Path(TEST_INFRA["state_dir"]) / "kafka" / "users.json"
+    if users.is_file():
+        (tmp_path / "other" / "kafka").mkdir(parents=True)
+        shutil.copy2(users, tmp_path / "other" / "kafka" / "users.json")
     other = InfraManager(load_settings(infra={**TEST_INFRA, "state_dir": str(tmp_path / "other")}))
     assert other.start_service("kafka") == "external"
     with pytest.raises(InfraError, match="not started from"):
@@ -93,8 +98,20 @@ def test_kcat_lists_the_broker_and_a_topic(infra: LocalInfra, unique_topic: Call
     if kcat is None:
         pytest.skip("kcat is not installed")
     topic = unique_topic(partitions=2)
+    kafka = infra.settings.kafka
+    login: list[str] = []
+    if kafka.sasl_password is not None:
+        # the admin's login from a 0600 file, not the command line
+        config = Path(infra.settings.infra.state_dir) / "kafka" / "kcat-test.properties"
+        fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(
+                f"security.protocol={kafka.security_protocol}\nsasl.mechanisms={kafka.sasl_mechanism}\n"
+                f"sasl.username={kafka.sasl_username}\nsasl.password={kafka.sasl_password.get_secret_value()}\n"
+            )
+        login = ["-F", str(config)]
     result = subprocess.run(
-        [kcat, "-b", infra.kafka_bootstrap, "-L", "-J", "-m", "10"], capture_output=True, text=True, timeout=30
+        [kcat, *login, "-b", infra.kafka_bootstrap, "-L", "-J", "-m", "10"], capture_output=True, text=True, timeout=30
     )
     assert result.returncode == 0, result.stderr
     metadata = json.loads(result.stdout)
@@ -115,13 +132,17 @@ def test_kafka_restart_keeps_topics_and_records(private_infra: Callable[..., Loc
     from kafka import KafkaConsumer, KafkaProducer
     from kafka.admin import KafkaAdminClient, NewTopic
 
+    from tickcast.kafka import common_config
+
     local = private_infra()
+    login = common_config(local.settings.kafka)  # its own admin in policy-enforced mode
+    state_dir = str(local.settings.infra.state_dir)
     topic = f"restart-{uuid.uuid4().hex[:8]}"
-    admin = KafkaAdminClient(bootstrap_servers=local.kafka_bootstrap)
+    admin = KafkaAdminClient(**login)
     admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
     admin.close()
-    wait_for_topics(local.kafka_bootstrap, [topic])
-    producer = KafkaProducer(bootstrap_servers=local.kafka_bootstrap, acks="all")
+    wait_for_topics(local.kafka_bootstrap, [topic], state_dir=state_dir)
+    producer = KafkaProducer(**login, acks="all")
     producer.send(topic, key=b"AAPL", value=b"kept").get(timeout=30)
     producer.close()
     pid = local.manager.status()[0].pid
@@ -132,8 +153,8 @@ def test_kafka_restart_keeps_topics_and_records(private_infra: Callable[..., Loc
     assert local.manager.start_service("kafka") == "started"
     assert local.manager.status()[0].pid != pid
 
-    wait_for_topics(local.kafka_bootstrap, [topic])
-    consumer = KafkaConsumer(topic, bootstrap_servers=local.kafka_bootstrap, auto_offset_reset="earliest")
+    wait_for_topics(local.kafka_bootstrap, [topic], state_dir=state_dir)
+    consumer = KafkaConsumer(topic, **login, auto_offset_reset="earliest")
     values: list[bytes] = []
     deadline = time.monotonic() + 30
     while not values and time.monotonic() < deadline:

@@ -9,19 +9,23 @@ real broker apart from anything else listening on the port.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
+import os
 import re
 import shutil
 import socket
 import struct
 import subprocess
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from tickcast.errors import InfraError
 from tickcast.infra import process
 from tickcast.infra.base import HOST, LocalService, Port, Progress, inherited_env
+from tickcast.infra.kafka_acls import ADMIN, CONTROLLER, PLAIN_MECHANISM, SCRAM_MECHANISM, KafkaUser, load_users
 from tickcast.settings import InfraSettings, KafkaSettings
 
 KAFKA_VERSION = "4.1.1"
@@ -47,8 +51,60 @@ def new_cluster_id() -> str:
             return cluster_id
 
 
-def render_server_properties(infra: InfraSettings, kafka: KafkaSettings, data_dir: Path) -> str:
-    """The broker's ``server.properties`` for a single-node KRaft cluster on 127.0.0.1."""
+def _plain_jaas(login: KafkaUser, users: list[KafkaUser]) -> str:
+    """A PlainLoginModule config: ``login`` is who this broker logs in as, ``users`` who may log in."""
+    accepted = " ".join(f'user_{u.name}="{u.password.get_secret_value()}"' for u in users)
+    return (
+        "org.apache.kafka.common.security.plain.PlainLoginModule required "
+        f'username="{login.name}" password="{login.password.get_secret_value()}" {accepted};'
+    )
+
+
+def _security_lines(port: int, controller: int, users: Mapping[str, KafkaUser] | None) -> list[str]:
+    if users is None:
+        return [
+            f"listeners=PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller}",
+            f"advertised.listeners=PLAINTEXT://{HOST}:{port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        ]
+    admin, controller_user = users[ADMIN], users[CONTROLLER]
+    return [
+        # Policy-enforced mode: every connection logs in. Clients use SCRAM-SHA-512 (the
+        # workloads) or PLAIN (the admin, whose password sits here rather than in the metadata,
+        # so it also works on a data folder formatted before users existed).
+        f"listeners=CLIENT://{HOST}:{port},CONTROLLER://{HOST}:{controller}",
+        f"advertised.listeners=CLIENT://{HOST}:{port}",
+        "controller.listener.names=CONTROLLER",
+        "inter.broker.listener.name=CLIENT",
+        "listener.security.protocol.map=CLIENT:SASL_PLAINTEXT,CONTROLLER:SASL_PLAINTEXT",
+        f"listener.name.client.sasl.enabled.mechanisms={SCRAM_MECHANISM},{PLAIN_MECHANISM}",
+        "listener.name.client.scram-sha-512.sasl.jaas.config="
+        "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+        f"listener.name.client.plain.sasl.jaas.config={_plain_jaas(admin, [admin])}",
+        f"sasl.mechanism.inter.broker.protocol={PLAIN_MECHANISM}",
+        # KRaft cannot authenticate its controller listener with SCRAM (the credentials live in
+        # the metadata the controller serves), so it has a PLAIN principal of its own.
+        f"listener.name.controller.sasl.enabled.mechanisms={PLAIN_MECHANISM}",
+        f"listener.name.controller.plain.sasl.jaas.config={_plain_jaas(controller_user, [controller_user])}",
+        f"sasl.mechanism.controller.protocol={PLAIN_MECHANISM}",
+        "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        f"super.users=User:{ADMIN};User:{CONTROLLER}",
+        # Deny what no ACL allows (the default, said out loud: the ACLs are the grants).
+        "allow.everyone.if.no.acl.found=false",
+    ]
+
+
+def render_server_properties(
+    infra: InfraSettings, kafka: KafkaSettings, data_dir: Path, users: Mapping[str, KafkaUser] | None = None
+) -> str:
+    """The broker's ``server.properties`` for a single-node KRaft cluster on 127.0.0.1.
+
+    Args:
+        users: the local users (:func:`tickcast.infra.kafka_acls.load_users`) for the
+            policy-enforced mode (SASL logins, ACLs); None for an open PLAINTEXT broker.
+    """
     port, controller = infra.kafka_port, infra.kafka_controller_port
     lines = [
         "# Written by tickcast on every start; edit the TICKCAST_INFRA__* settings instead.",
@@ -57,11 +113,7 @@ def render_server_properties(infra: InfraSettings, kafka: KafkaSettings, data_di
         # A static voter set (not --standalone's dynamic quorum): the controller port can
         # change between starts without re-formatting the data.
         f"controller.quorum.voters=1@{HOST}:{controller}",
-        f"listeners=PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller}",
-        f"advertised.listeners=PLAINTEXT://{HOST}:{port}",
-        "controller.listener.names=CONTROLLER",
-        "inter.broker.listener.name=PLAINTEXT",
-        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        *_security_lines(port, controller, users),
         f"log.dirs={data_dir}",
         f"num.partitions={kafka.partitions}",
         "default.replication.factor=1",
@@ -102,7 +154,9 @@ def java_major_version(java: str) -> int:
 # -- the Kafka wire protocol, just enough for a health probe ----------------------------------
 
 _API_METADATA = 3
+_API_SASL_HANDSHAKE = 17
 _API_VERSIONS = 18
+_API_SASL_AUTHENTICATE = 36
 _METADATA_VERSIONS = range(4, 8)  # v4..v7: one request layout; v8 adds fields, v9+ is flexible
 
 
@@ -191,8 +245,34 @@ def _parse_metadata(reader: _Reader, version: int) -> KafkaMetadata:
     return KafkaMetadata(cluster_id=cluster_id, brokers=brokers, topics=sorted(topics))
 
 
-def kafka_metadata(host: str, port: int, timeout_s: float = 2.0) -> KafkaMetadata:
+def _kafka_string(value: str) -> bytes:
+    data = value.encode()
+    return struct.pack(">h", len(data)) + data
+
+
+def _sasl_plain(sock: socket.socket, login: tuple[str, str]) -> None:
+    """Log in with SASL/PLAIN (SaslHandshake v1, then SaslAuthenticate v0)."""
+    reader = _call(sock, _API_SASL_HANDSHAKE, 1, 3, _kafka_string(PLAIN_MECHANISM))
+    error = reader.take(">h")
+    if error != 0:
+        raise ValueError(f"the broker does not offer SASL/PLAIN (SaslHandshake error code {error})")
+    user, password = login
+    token = b"\0" + user.encode() + b"\0" + password.encode()
+    reader = _call(sock, _API_SASL_AUTHENTICATE, 0, 4, struct.pack(">i", len(token)) + token)
+    error = reader.take(">h")
+    if error != 0:
+        # the broker's message names the user at most, never the password
+        raise ValueError(f"SASL/PLAIN login as {user!r} refused (error code {error}: {reader.string()})")
+
+
+def kafka_metadata(
+    host: str, port: int, timeout_s: float = 2.0, sasl_plain: tuple[str, str] | None = None
+) -> KafkaMetadata:
     """Ask the broker at ``host:port`` for cluster metadata over the Kafka protocol.
+
+    Args:
+        sasl_plain: (user, password) to log in with SASL/PLAIN first, for a broker that
+            requires a login (the policy-enforced mode's admin).
 
     Raises:
         OSError, ValueError, struct.error: when nothing answers or it does not speak Kafka.
@@ -213,15 +293,27 @@ def kafka_metadata(host: str, port: int, timeout_s: float = 2.0) -> KafkaMetadat
         if not usable:
             raise ValueError(f"broker supports Metadata v{low}..v{high}, the probe needs one of v4..v7")
         version = usable[-1]
+        if sasl_plain is not None:
+            _sasl_plain(sock, sasl_plain)
         # topics = null (all topics), allow_auto_topic_creation = false
         body = struct.pack(">ib", -1, 0)
         return _parse_metadata(_call(sock, _API_METADATA, version, 2, body), version)
 
 
-def kafka_healthy(host: str, port: int, timeout_s: float = 2.0) -> bool:
+def _answers_api_versions(host: str, port: int, timeout_s: float = 2.0) -> bool:
+    """Whether something on ``host:port`` answers a Kafka ApiVersions request (no login needed)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as sock:
+            sock.settimeout(timeout_s)
+            return _call(sock, _API_VERSIONS, 0, 1, b"").take(">h") == 0
+    except (OSError, ValueError, struct.error):
+        return False
+
+
+def kafka_healthy(host: str, port: int, timeout_s: float = 2.0, sasl_plain: tuple[str, str] | None = None) -> bool:
     """Whether a Kafka broker answers Metadata on ``host:port`` and lists at least one broker."""
     try:
-        return bool(kafka_metadata(host, port, timeout_s).brokers)
+        return bool(kafka_metadata(host, port, timeout_s, sasl_plain).brokers)
     except (OSError, ValueError, struct.error, UnicodeDecodeError):
         return False
 
@@ -320,10 +412,26 @@ class KafkaServer(LocalService):
             raise InfraError(f"Kafka {KAFKA_VERSION} needs Java {MIN_JAVA}+, but `{java}` is Java {major}", _JAVA_FIX)
         return java
 
+    @functools.cached_property
+    def users(self) -> dict[str, KafkaUser] | None:
+        """The local users in policy-enforced mode (``infra.kafka_workload_users``), else None."""
+        return load_users(self.state_dir) if self.infra.kafka_workload_users else None
+
+    def _admin_login(self) -> tuple[str, str] | None:
+        users = self.users
+        if users is None:
+            return None
+        return users[ADMIN].name, users[ADMIN].password.get_secret_value()
+
     def prepare(self) -> None:
-        """Write ``server.properties`` and format the KRaft storage once."""
+        """Write ``server.properties`` (mode 0600: it holds the admin's password) and format the
+        KRaft storage once."""
         self.config_dir.mkdir(parents=True, exist_ok=True)
-        self.properties_path.write_text(render_server_properties(self.infra, self.kafka, self.data_dir))
+        text = render_server_properties(self.infra, self.kafka, self.data_dir, self.users)
+        fd = os.open(self.properties_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.chmod(self.properties_path, 0o600)  # a file an earlier version wrote keeps its old mode otherwise
         if (self.data_dir / "meta.properties").is_file():
             return  # formatted before: keep the data (and its cluster id) across restarts
         process.run_logged(
@@ -354,10 +462,20 @@ class KafkaServer(LocalService):
         ]
         return argv, inherited_env({})
 
+    def _port_conflict(self, port: Port, what: str) -> InfraError:
+        login = self._admin_login()
+        if port == self.ports[0] and login is not None and kafka_healthy(HOST, self.port):
+            # An open broker (or one that answers without a login): not this folder's broker.
+            what = "a Kafka broker without logins (an earlier tickcast, or another state folder's)"
+        elif port == self.ports[0] and login is not None and _answers_api_versions(HOST, self.port):
+            what = "a Kafka broker that refuses this state folder's admin login (another state folder's?)"
+        return super()._port_conflict(port, what)
+
     def probe(self, timeout_s: float = 2.0) -> bool:
-        """A Metadata round trip that lists at least one broker."""
-        return kafka_healthy(HOST, self.port, timeout_s)
+        """A Metadata round trip that lists at least one broker (logged in as the admin in
+        policy-enforced mode, so a broker with other users does not count as ours)."""
+        return kafka_healthy(HOST, self.port, timeout_s, self._admin_login())
 
     def metadata(self, timeout_s: float = 5.0) -> KafkaMetadata:
         """Cluster id, brokers and (non-internal) topics of the broker on the client port."""
-        return kafka_metadata(HOST, self.port, timeout_s)
+        return kafka_metadata(HOST, self.port, timeout_s, self._admin_login())

@@ -2,7 +2,8 @@
 
 ``up`` is idempotent: a service that is already healthy on its port (started by this state
 folder or by anyone else) is reused, never duplicated. ``down`` stops only what this state
-folder started.
+folder started. When the lake is ``s3://`` on the local MinIO, every start of MinIO also applies
+the per-workload users and policies (:mod:`tickcast.infra.minio_users`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from tickcast.errors import InfraError
 from tickcast.infra.base import LocalService, Progress, ServiceStatus, StartOutcome
 from tickcast.infra.kafka_server import KafkaServer
 from tickcast.infra.minio_server import MinioServer
+from tickcast.infra.minio_users import LakeCredentials, bucket_and_prefix, uses_local_minio
 from tickcast.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -106,7 +108,45 @@ class InfraManager:
         outcome = self.service(name).start()
         if outcome == "reused":
             self.progress(f"{name}: already running on {self.service(name).address}")
+        if name == "minio" and self.policy_enforced():
+            self.apply_lake_users()
+        if name == "kafka" and self.settings.infra.kafka_workload_users:
+            self.apply_kafka_acls()
         return outcome
+
+    def apply_kafka_acls(self) -> None:
+        """Create or update every workload's SCRAM user and its ACLs from the Pulumi grants (idempotent).
+
+        Raises:
+            InfraError: when the broker refuses (see :func:`tickcast.infra.kafka_acls.apply`).
+        """
+        from tickcast.infra import kafka_acls
+
+        kafka_acls.apply(self.settings, self.progress)
+
+    def policy_enforced(self) -> bool:
+        """Whether services get their own MinIO users: the mode is on and the lake is on this MinIO."""
+        infra = self.settings.infra
+        return infra.minio_enabled and infra.minio_workload_users and uses_local_minio(self.settings.lake, infra)
+
+    def apply_lake_users(self) -> dict[str, LakeCredentials]:
+        """Create or update every workload's MinIO user and policy for the configured lake (idempotent).
+
+        Raises:
+            InfraError: when MinIO refuses, or the lake is not ``s3://``.
+        """
+        minio = self.service("minio")
+        assert isinstance(minio, MinioServer)
+        bucket, prefix = bucket_and_prefix(self.settings.lake.url)
+        return minio.users.apply(bucket, prefix)
+
+    def lake_credentials(self) -> dict[str, LakeCredentials]:
+        """Each workload's MinIO keys in policy-enforced mode (as the last start applied them), else empty."""
+        if not self.policy_enforced():
+            return {}
+        minio = self.service("minio")
+        assert isinstance(minio, MinioServer)
+        return minio.users.credentials()
 
     def stop_service(self, name: str, *, strict: bool = True) -> bool:
         """Stop one service this state folder started.

@@ -1,7 +1,8 @@
 """A real MinIO server for the lake's ``s3://`` path, built from its Go module at a pinned version.
 
 ``go install`` builds the binary once into ``{cache_dir}/minio-<version>/bin`` (a few minutes on
-two cores); starts reuse it. The server runs with update checks off and its web console off,
+two cores), next to ``tickcast-minio-admin`` (:mod:`tickcast.infra.minio_users`, seconds once
+MinIO is built); starts reuse them. The server runs with update checks off and its web console off,
 binds 127.0.0.1 only, and keeps its data in ``{state_dir}/minio/data``.
 """
 
@@ -14,6 +15,7 @@ import uuid
 
 from tickcast.infra import process
 from tickcast.infra.base import HOST, LocalService, Port, Progress, inherited_env
+from tickcast.infra.minio_users import MinioUsers
 from tickcast.settings import InfraSettings
 
 MINIO_MODULE = "github.com/minio/minio"
@@ -57,14 +59,24 @@ class MinioServer(LocalService):
         """
         return [Port(self.infra.minio_port, "minio_port")]
 
+    @property
+    def users(self) -> MinioUsers:
+        """The per-workload users and the admin program that applies them."""
+        return MinioUsers(self.infra, MINIO_VERSION, self.progress)
+
     def is_installed(self) -> bool:
-        """Whether the pinned binary is in the cache."""
-        return self.binary.is_file()
+        """Whether the pinned binary (and, in policy-enforced mode, the admin program) is in the cache."""
+        return self.binary.is_file() and (not self.infra.minio_workload_users or self.users.is_installed())
 
     def install(self) -> None:
-        """Build the pinned MinIO with ``go install`` into the cache (atomic; skipped when present)."""
-        if self.is_installed():
-            return
+        """Build the pinned MinIO with ``go install``, then the admin program (each skipped when present)."""
+        if not self.binary.is_file():
+            self._install_server()
+        if self.infra.minio_workload_users:
+            # After MinIO: it reuses the module and build caches MinIO's build filled.
+            self.users.install()
+
+    def _install_server(self) -> None:
         go = process.require_executable("go", "build MinIO from its Go module", _GO_FIX)
         self.home.mkdir(parents=True, exist_ok=True)
         staging = self.home / f"build-{uuid.uuid4().hex[:8]}"

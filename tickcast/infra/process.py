@@ -152,8 +152,6 @@ def start_detached(
             f"\n==== tickcast: starting {Path(argv[0]).name} at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n".encode()
         )
         out.flush()
-        # Measured before the command starts: it may write its first line before Popen returns.
-        seen_size = _file_size(log_path)
         proc = subprocess.Popen(
             list(argv),
             cwd=cwd,
