@@ -29,8 +29,9 @@ Market data
 
 Faults (:class:`Faults`, settable at runtime with ``POST /_local/faults``)
     429 storms with ``Retry-After``, 5xx, connections dropped mid-body, malformed records,
-    WebSocket disconnects, and an ``apiKey`` echoed into ``next_url`` (as some clients
-    expect), to prove the producer never logs it.
+    junk records appended to pages, WebSocket disconnects (also right after subscribing),
+    an ``apiKey`` echoed into ``next_url`` (as some clients expect), to prove the producer
+    never logs it, and a ``next_url`` pointing at another host.
 """
 
 from __future__ import annotations
@@ -88,6 +89,9 @@ class Faults:
     ws_malformed_every: int = 0  # ~1 in N WebSocket bars is malformed
     ws_outage_s: float = 0.0  # after a cut, refuse WebSocket upgrades (503) this long
     latency_s: float = 0.0  # added to every REST answer
+    next_url_base: str = ""  # scheme://host:port that next_url points to instead of this server
+    junk_results: str = ""  # a JSON array of raw records appended to every aggregates page
+    ws_drop_after_subscribe: int = 0  # the next N WebSocket connections close right after subscribing
 
     def update(self, values: dict[str, Any]) -> None:
         """Set the named faults (unknown names raise ValueError)."""
@@ -360,6 +364,7 @@ class ServerStats:
     ws_auth_failures: int = 0
     ws_messages_sent: int = 0
     ws_cut: int = 0
+    ws_sessions: list[list[float]] = field(default_factory=list)  # [opened, closed] Unix times per connection
 
 
 class LocalPolygonServer:
@@ -617,6 +622,8 @@ class LocalPolygonServer:
             body["results"] = [
                 corrupt(r, r["t"] // 1000) if is_malformed(ticker, r["t"], every) else _drop_none(r) for r in rows
             ]
+        if self.faults.junk_results:
+            body.setdefault("results", []).extend(json.loads(self.faults.junk_results))
         body["status"] = "OK"
         body["request_id"] = self._request_id()
         body["count"] = len(rows)
@@ -624,9 +631,9 @@ class LocalPolygonServer:
             nxt = rows[-1]["t"] + 1 if sort != "desc" else start
             nxt_end = end if sort != "desc" else rows[-1]["t"] - 1
             token = _cursor({"limit": limit, "sort": sort, "adjusted": adjusted})
+            base = self.faults.next_url_base or self.url
             url = (
-                f"{self.url}/v2/aggs/ticker/{quote(ticker, safe='')}/range/{mult}/{timespan}/{nxt}/{nxt_end}"
-                f"?cursor={token}"
+                f"{base}/v2/aggs/ticker/{quote(ticker, safe='')}/range/{mult}/{timespan}/{nxt}/{nxt_end}?cursor={token}"
             )
             if self.faults.key_in_next_url:
                 url += f"&apiKey={self._key_of(request)}"
@@ -700,8 +707,10 @@ class LocalPolygonServer:
             return web.Response(status=503, text="service unavailable")
         ws = web.WebSocketResponse(autoping=True)
         await ws.prepare(request)
+        session = [time.time(), 0.0]
         with self._lock:
             self.stats.ws_connections += 1
+            self.stats.ws_sessions.append(session)
         await ws.send_str(json.dumps([{"ev": "status", "status": "connected", "message": "Connected Successfully"}]))
         subs: set[str] = set()
         authed = False
@@ -753,6 +762,13 @@ class LocalPolygonServer:
                         verb = "subscribed to" if name == "subscribe" else "unsubscribed to"
                         replies.append({"ev": "status", "status": "success", "message": f"{verb}: {channel}"})
                     await ws.send_str(json.dumps(replies))
+                    with self._lock:
+                        drop = self.faults.ws_drop_after_subscribe > 0
+                        if drop:
+                            self.faults.ws_drop_after_subscribe -= 1
+                    if drop:  # accept, then drop at once: the client's back-off must grow
+                        await ws.close()
+                        break
                     if sender is None:
                         sender = asyncio.ensure_future(self._stream(ws, request, subs))
                 else:
@@ -765,6 +781,7 @@ class LocalPolygonServer:
             self._ws.pop(ws, None)
             with self._lock:
                 self.stats.ws_active = len(self._ws)
+                session[1] = time.time()
         return ws
 
     def _channel_tickers(self, subs: set[str], ev: str) -> list[str]:

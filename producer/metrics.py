@@ -36,6 +36,10 @@ class ProducerMetrics:
     gapfill_bars: Any
     backfill_progress: Any
     open_close_out: Any
+    dlq_send_failures: Any
+    dlq_dropped: Any
+    dlq_truncated: Any
+    dlq_queued: Any
 
     def source(self, source: str) -> SourceMetrics:
         """The children for one source, resolved once so hot loops skip the label lookup."""
@@ -97,5 +101,16 @@ def get_metrics() -> ProducerMetrics:
                     "tickcast_producer_backfill_progress_ratio", "Share of the backfill done, 0 to 1."
                 ),
                 open_close_out=Counter("tickcast_producer_open_close_out", "Daily open/close summaries published."),
+                dlq_send_failures=Counter(
+                    "tickcast_producer_dlq_send_failures", "Failed rounds of writes to the dead-letter topic."
+                ),
+                dlq_dropped=Counter(
+                    "tickcast_producer_dlq_dropped",
+                    "Rejected records lost because the dead-letter topic stayed unwritable (queue full or shutdown).",
+                ),
+                dlq_truncated=Counter(
+                    "tickcast_producer_dlq_truncated", "Rejected records truncated to fit producer.dlq_max_bytes."
+                ),
+                dlq_queued=Gauge("tickcast_producer_dlq_queued", "Rejected records waiting to be written to the DLQ."),
             )
         return _METRICS

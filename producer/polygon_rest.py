@@ -14,7 +14,11 @@ Behaviour:
 - requests are spaced to ``polygon.requests_per_minute`` (5 a minute is the free tier);
 - 429, 5xx, dropped connections and unreadable bodies are retried with bounded exponential
   back-off with jitter, honouring ``Retry-After``; each retry is counted by cause;
-- 401/403 and unknown tickers become :class:`~tickcast.errors.SourceError` saying what to fix.
+- 401/403 and unknown tickers become :class:`~tickcast.errors.SourceError` saying what to fix;
+- a ``next_url`` (or any full URL) is followed only when its scheme, host and port are the
+  configured base URL's: the key is never sent to another host;
+- :func:`agg_to_bar` turns any record, however broken (NaN, infinite or huge numbers, wrong
+  types, nested junk), into a Bar or an :class:`~tickcast.errors.InvalidRecord`, never a crash.
 """
 
 from __future__ import annotations
@@ -42,6 +46,14 @@ log = logging.getLogger(__name__)
 TIMESPANS = {"second": "second", "minute": "minute", "hour": "hour", "day": "day"}
 
 _RETRY_STATUSES = {429, 500, 502, 503, 504}
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+#: Epoch milliseconds a Polygon timestamp may hold: Polygon's history starts after 1970, and
+#: 2200 is far past any real bar while every later step (datetime, Arrow, Parquet, Delta)
+#: still represents it. Anything else (NaN, infinities, 1e300) is a broken record.
+EPOCH_MS_MIN = 0
+EPOCH_MS_MAX = int(datetime(2200, 1, 1, tzinfo=UTC).timestamp()) * 1000
+#: The largest trade count a bar may carry: the lake stores it as a 64-bit integer.
+_TRADES_MAX = 2**63 - 1
 _BASE_DELAY_S = 0.5
 _KEY_FIX = "set TICKCAST_POLYGON__API_KEY to a valid Polygon/Massive API key"
 
@@ -137,6 +149,14 @@ class PolygonRest:
         self._key = settings.api_key.get_secret_value()
         install_log_scrubber(self._key)
         self.base = settings.rest_base_url.rstrip("/")
+        found = origin(self.base)
+        if found is None:
+            raise ConfigError(
+                "TICKCAST_POLYGON__REST_BASE_URL",
+                f"{redact(self.base, self._key)!r} is not an http:// or https:// URL",
+                "set it to the API's base URL, e.g. https://api.polygon.io",
+            )
+        self._origin: tuple[str, str, int] = found
         self.metrics = metrics or get_metrics()
         self.stop = stop
         self.limiter = RateLimiter(settings.requests_per_minute, sleep=self._sleep)
@@ -169,10 +189,29 @@ class PolygonRest:
         return redact(text, self._key)
 
     def _url(self, path_or_url: str, params: dict[str, Any] | None) -> str:
-        url = path_or_url if path_or_url.startswith(("http://", "https://")) else f"{self.base}{path_or_url}"
+        if path_or_url.startswith("/") and not path_or_url.startswith("//"):
+            url = f"{self.base}{path_or_url}"
+        else:
+            # anything else is a full URL (a next_url from the server): it must name our host
+            self._check_origin(path_or_url)
+            url = path_or_url
         if params:
             url += ("&" if "?" in url else "?") + urlencode(params)
         return url
+
+    def _check_origin(self, url: str) -> None:
+        """Refuse a URL whose scheme, host or port differ from the base URL's (or that carries
+        user info): the client would send it the API key."""
+        theirs = origin(url)
+        if theirs != self._origin:
+            shown = "a URL that is not plain http(s)" if theirs is None else "{}://{}:{}".format(*theirs)
+            raise SourceError(
+                f"Polygon sent a next_url pointing to {self._redact(shown)}, not to the configured "
+                "TICKCAST_POLYGON__REST_BASE_URL ({}://{}:{}); not following it, so the API key is not "
+                "sent to another host".format(*self._origin),
+                "if the API really moved, set TICKCAST_POLYGON__REST_BASE_URL to its new base URL; "
+                "otherwise something between tickcast and Polygon rewrites answers",
+            )
 
     def _shown(self, url: str) -> str:
         """A URL fit for logs: redacted, without the host's scheme noise."""
@@ -212,7 +251,7 @@ class PolygonRest:
                 if status == 200 or status in allow:
                     try:
                         return status, response.json()
-                    except ValueError:
+                    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
                         cause, detail = "bad_body", f"status {status} with a body that is not JSON"
                 elif status in _RETRY_STATUSES:
                     cause = "429" if status == 429 else "5xx"
@@ -279,6 +318,8 @@ class PolygonRest:
             if not isinstance(results, list):
                 raise SourceError(f"Polygon aggs for {ticker}: results is a {type(results).__name__}, not a list")
             next_url = body.get("next_url") or None
+            if next_url is not None and not isinstance(next_url, str):
+                raise SourceError(f"Polygon aggs for {ticker}: next_url is a {type(next_url).__name__}, not a URL")
             yield AggPage(ticker, results, next_url)
             url, params = next_url, None  # next_url carries every parameter but the key
 
@@ -299,25 +340,83 @@ class PolygonRest:
         return body if status == 200 and isinstance(body, dict) else None
 
 
+def origin(url: str) -> tuple[str, str, int] | None:
+    """``(scheme, host, port)`` of an http(s) URL as httpx (the client that sends it) reads it;
+    None for anything else, including URLs with user info (``http://ours@theirs/``)."""
+    import httpx
+
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return None
+    if parsed.scheme not in _DEFAULT_PORTS or not parsed.host or parsed.userinfo:
+        return None
+    return parsed.scheme, parsed.host, parsed.port or _DEFAULT_PORTS[parsed.scheme]
+
+
+def brief(value: Any, limit: int = 40) -> str:
+    """A short, never-raising text for a value in a reject reason (huge ints, deep nesting)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"an integer of {value.bit_length()} bits"
+    try:
+        text = repr(value)
+    except Exception:  # RecursionError on deep nesting, ValueError on a 5000-digit int
+        text = f"a {type(value).__name__}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def epoch_ms(value: Any, name: str) -> datetime:
+    """A Polygon timestamp (epoch milliseconds) as an aware UTC datetime.
+
+    Raises:
+        InvalidRecord: for a non-number, NaN, an infinity, or a time outside 1970-2200 (where
+            ``datetime.fromtimestamp`` would overflow or produce nonsense).
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidRecord(f"{name} is {brief(value)}, not epoch milliseconds")
+    if not EPOCH_MS_MIN <= value < EPOCH_MS_MAX:  # False for NaN too
+        raise InvalidRecord(f"{name}={brief(value)} is not epoch milliseconds between 1970 and 2200")
+    return from_epoch_ms(value)
+
+
+def check_numbers(record: dict[str, Any], names: tuple[str, ...]) -> None:
+    """Reject integers too large for a float (``Bar.validate`` would overflow on them).
+
+    Other wrong values (strings, None, NaN, nested junk) are left to ``Bar.validate``, which
+    names them.
+    """
+    for name in names:
+        value = record.get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            try:
+                float(value)
+            except OverflowError:
+                raise InvalidRecord(f"{name} is {brief(value)}, too large for a number") from None
+
+
 def agg_to_bar(result: Any, ticker: str, interval: str, source: str) -> Bar:
     """A Polygon aggregate (``v vw o c h l t n``) as a Bar, not yet validated.
 
+    Never raises anything but :class:`InvalidRecord` (a property-based test holds it to that),
+    and the Bar it returns is safe to :meth:`~tickcast.contracts.Bar.validate`.
+
     Raises:
-        InvalidRecord: when the record is not an object or misses ``t``, ``o``, ``h``, ``l``,
-            ``c`` or ``v``, or ``t`` is not a number.
+        InvalidRecord: when the record is not an object, misses ``t``, ``o``, ``h``, ``l``,
+            ``c`` or ``v``, ``t`` is not epoch milliseconds between 1970 and 2200, a number
+            does not fit a float, or ``n`` does not fit a 64-bit integer.
     """
     if not isinstance(result, dict):
         raise InvalidRecord(f"aggregate is a {type(result).__name__}, not an object")
     missing = [k for k in ("t", "o", "h", "l", "c", "v") if k not in result]
     if missing:
         raise InvalidRecord(f"aggregate misses field(s) {', '.join(missing)}")
-    t = result["t"]
-    if isinstance(t, bool) or not isinstance(t, int | float):
-        raise InvalidRecord(f"aggregate t is {t!r}, not epoch milliseconds")
-    start = from_epoch_ms(t)
+    start = epoch_ms(result["t"], "aggregate t")
+    check_numbers(result, ("o", "h", "l", "c", "v", "vw"))
     trades = result.get("n")
     if isinstance(trades, float) and trades.is_integer():
         trades = int(trades)
+    if isinstance(trades, int) and not isinstance(trades, bool) and trades > _TRADES_MAX:
+        raise InvalidRecord(f"n is {brief(trades)}, more trades than a 64-bit integer holds")
     return Bar(
         ticker=ticker,
         interval=interval,

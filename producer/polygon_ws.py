@@ -7,15 +7,20 @@ which gap-filling needs, and only logs ``max_connections`` as a warning.
 The loop: connect, read ``connected``, authenticate (``auth_failed`` and
 ``max_connections`` become :class:`~tickcast.errors.SourceError`), subscribe, then publish
 bars. When the connection drops it reconnects with bounded exponential back-off,
-resubscribes, and before reading anything new fetches over REST every complete bar
-missed since the last one it published (per ticker), so the topic has no hole. Bars at
-or before a ticker's last published start are dropped, which keeps per-ticker order and
-makes the overlap between REST and the socket harmless.
+resubscribes, and fetches over REST every complete bar missed since the last one it
+published (per ticker), so the topic has no hole. That gap-fill runs alongside reading the
+socket, so a slow REST API never stalls the feed (Polygon drops consumers that fall
+behind): live bars of a ticker whose gap is still being filled are held and published
+right after its gap, which keeps per-ticker order; other tickers flow on. Bars at or before
+a ticker's last published start are dropped, which makes the overlap between REST and the
+socket harmless. The back-off starts afresh only after a connection stayed up for
+:data:`HEALTHY_AFTER_S`: a server that accepts and drops at once sees growing delays.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -23,11 +28,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from producer.metrics import get_metrics
-from producer.polygon_rest import PolygonRest, agg_to_bar, backoff_delay
+from producer.polygon_rest import PolygonRest, agg_to_bar, backoff_delay, check_numbers, epoch_ms
 from producer.redaction import install_log_scrubber, redact
 from producer.sink import BarPublisher
-from tickcast.contracts import Bar, from_epoch_ms
-from tickcast.errors import ConfigError, InvalidBar, SourceError
+from tickcast.contracts import Bar
+from tickcast.errors import ConfigError, InvalidBar, InvalidRecord, SourceError
 from tickcast.settings import PolygonSettings
 
 log = logging.getLogger(__name__)
@@ -38,6 +43,13 @@ GAPFILL_SOURCE = "polygon-gapfill"
 CHANNELS = {"AM": "minute", "A": "second"}
 _SPAN_MS = {"minute": 60_000, "second": 1_000}
 _KEY_FIX = "set TICKCAST_POLYGON__API_KEY to a valid Polygon/Massive API key"
+#: A connection that stayed subscribed this long worked: the next drop starts the back-off
+#: afresh. Resetting on every successful connect would let a server that accepts and then
+#: drops at once be hammered at the shortest delay forever.
+HEALTHY_AFTER_S = 30.0
+#: Live bars held per ticker while its gap-fill runs (an hour of second bars). Past it the
+#: gap-fill for that ticker is given up (logged) so memory stays bounded on a slow REST API.
+MAX_HELD_BARS = 3600
 
 
 @dataclass
@@ -54,8 +66,11 @@ class StreamResult:
 def ws_to_bar(message: dict[str, Any], source: str = SOURCE) -> Bar:
     """An ``A``/``AM`` event (``sym o h l c v vw s e``) as a Bar (not validated).
 
+    Never raises anything but :class:`InvalidBar` (held to it by a property-based test).
+
     Raises:
-        InvalidBar: when fields are missing or have the wrong type.
+        InvalidBar: when fields are missing, ``sym`` is not a string, ``s``/``e`` are not
+            epoch milliseconds between 1970 and 2200, or a number does not fit a float.
     """
     ev = message.get("ev")
     interval = CHANNELS.get(ev) if isinstance(ev, str) else None
@@ -64,14 +79,18 @@ def ws_to_bar(message: dict[str, Any], source: str = SOURCE) -> Bar:
     missing = [k for k in ("sym", "o", "h", "l", "c", "v", "s", "e") if k not in message]
     if missing:
         raise InvalidBar(f"{ev} event misses field(s) {', '.join(missing)}")
-    s, e = message["s"], message["e"]
-    if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in (s, e)):
-        raise InvalidBar(f"{ev} event s/e are not epoch milliseconds ({s!r}, {e!r})")
+    if not isinstance(message["sym"], str):
+        raise InvalidBar(f"{ev} event sym is a {type(message['sym']).__name__}, not a symbol")
+    try:
+        start, end = epoch_ms(message["s"], f"{ev} event s"), epoch_ms(message["e"], f"{ev} event e")
+        check_numbers(message, ("o", "h", "l", "c", "v", "vw"))
+    except InvalidRecord as exc:
+        raise InvalidBar(exc.reason) from None
     return Bar(
         ticker=message["sym"],
         interval=interval,
-        start=from_epoch_ms(s),
-        end=from_epoch_ms(e),
+        start=start,
+        end=end,
         open=message["o"],
         high=message["h"],
         low=message["l"],
@@ -93,6 +112,8 @@ class PolygonStream:
         channels: ``("AM",)`` for minute bars, ``("A",)`` for second bars, or both.
         rest: REST client for gap-fills (None disables gap-filling).
         stop: a StopFlag-like object.
+        healthy_after_s: how long a connection must stay subscribed before its drop resets
+            the reconnect back-off.
     """
 
     def __init__(
@@ -103,6 +124,7 @@ class PolygonStream:
         channels: tuple[str, ...] = ("AM",),
         rest: PolygonRest | None = None,
         stop: Any = None,
+        healthy_after_s: float = HEALTHY_AFTER_S,
     ) -> None:
         if polygon.api_key is None or not polygon.api_key.get_secret_value():
             raise ConfigError("TICKCAST_POLYGON__API_KEY", "is not set; the Polygon sources need an API key", _KEY_FIX)
@@ -122,6 +144,10 @@ class PolygonStream:
         self.result = StreamResult()
         self._since_ms: int | None = None  # first subscription time, the gap-fill floor for unseen tickers
         self._subscribed = False  # whether the current connection got as far as subscribing
+        self.healthy_after_s = healthy_after_s
+        self._subscribed_at: float | None = None  # monotonic time the current connection subscribed
+        self._filling: set[tuple[str, str]] = set()  # (ticker, interval) whose gap-fill is running
+        self._held: dict[tuple[str, str], list[tuple[Bar, Any]]] = {}  # their live bars, in order
 
     # -- public -----------------------------------------------------------------------
     def run(self, max_bars: int | None = None, duration: float | None = None) -> StreamResult:
@@ -135,9 +161,9 @@ class PolygonStream:
         first = True
         while not self._done(max_bars, deadline):
             self._subscribed = False
+            self._subscribed_at = None
             try:
                 await self._session(first, max_bars, deadline)
-                attempt = 0
                 if self._done(max_bars, deadline):
                     break
                 reason = "the server closed the connection"
@@ -152,8 +178,9 @@ class PolygonStream:
                     ) from None
                 reason = "max_connections (the old connection may still be counted)"
             if self._subscribed:
-                attempt = 0  # that connection worked: a later drop starts the back-off afresh
                 first = False
+            if self._subscribed_at is not None and time.monotonic() - self._subscribed_at >= self.healthy_after_s:
+                attempt = 0  # that connection worked for a while: this drop starts the back-off afresh
             attempt += 1
             if attempt > max(1, self.settings.max_retries) * 4:
                 raise SourceError(
@@ -209,17 +236,30 @@ class PolygonStream:
                 self._check_auth(await self._recv_json(ws, timeout))
                 await ws.send(json.dumps({"action": "subscribe", "params": self._subscriptions()}))
                 self._subscribed = True
+                self._subscribed_at = time.monotonic()
                 if self._since_ms is None:
                     self._since_ms = int(time.time() * 1000)
                 log.info("subscribed to %s on %s", self._subscriptions()[:200], self._shown_url())
-                if not first:
-                    await asyncio.to_thread(self._gapfill)
-                while not self._done(max_bars, deadline):
-                    try:
-                        raw = await asyncio.wait_for(ws.recv(), timeout=0.5)
-                    except TimeoutError:
-                        continue
-                    self._handle(raw, max_bars)
+                # planned here, before the first read, so every live bar of a ticker with a gap is held
+                gapfill = None if first or self.rest is None else asyncio.create_task(self._gapfill(self._gap_plan()))
+                try:
+                    while not self._done(max_bars, deadline):
+                        if gapfill is not None and gapfill.done():
+                            gapfill.result()  # a failed gap-fill (e.g. a bad key) fails the run
+                            gapfill = None
+                        try:
+                            raw = await asyncio.wait_for(ws.recv(), timeout=0.5)
+                        except TimeoutError:
+                            continue
+                        self._handle(raw, max_bars)
+                finally:
+                    if gapfill is not None:
+                        # unfinished: its held live bars are dropped with it; the next
+                        # connection's gap-fill fetches them again, since nothing after the
+                        # last published bar was published
+                        gapfill.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await gapfill
                 self.publisher.flush()
         except ConnectionClosed as exc:
             raise _Disconnected(str(exc)) from None
@@ -255,7 +295,7 @@ class PolygonStream:
     def _handle(self, raw: str | bytes, max_bars: int | None) -> None:
         try:
             events = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
             self.publisher.reject(
                 raw if isinstance(raw, bytes) else raw.encode(), "WebSocket frame is not JSON", kind="malformed"
             )
@@ -267,7 +307,9 @@ class PolygonStream:
             if max_bars is not None and self.result.bars >= max_bars:
                 return
             if not isinstance(event, dict):
-                self.publisher.reject(json.dumps(event), "WebSocket event is not an object", kind="malformed")
+                # as JSON, so a string event stays recognisable ("" would be an empty payload)
+                payload = json.dumps(event) if isinstance(event, str) else event
+                self.publisher.reject(payload, "WebSocket event is not an object", kind="malformed")
                 self.result.rejected += 1
                 continue
             ev = event.get("ev")
@@ -283,10 +325,21 @@ class PolygonStream:
                 self.publisher.reject(event, exc.reason, key=_ticker_of(event), kind="malformed")
                 self.result.rejected += 1
                 continue
-            self._publish(bar, event)
+            self._publish(bar, event, live=True)
 
-    def _publish(self, bar: Bar, raw: Any) -> bool:
+    def _publish(self, bar: Bar, raw: Any, live: bool = False) -> bool:
+        """Publish one bar unless it is a duplicate or invalid; a live bar of a ticker whose
+        gap-fill is running is held until its gap is filled. Returns whether it was sent."""
         key = (bar.ticker, bar.interval)
+        if live and key in self._filling:
+            held = self._held.setdefault(key, [])
+            held.append((bar, raw))
+            if len(held) > MAX_HELD_BARS:
+                log.warning(
+                    "%s: gap-fill too slow (%d live bars waiting); giving it up, the gap stays", key[0], len(held)
+                )
+                self._release(key)
+            return False
         start_ms = int(bar.start.timestamp() * 1000)
         last = self.last_start.get(key)
         if last is not None and start_ms <= last:
@@ -312,38 +365,67 @@ class PolygonStream:
         else:
             log.warning("Polygon WebSocket status %s: %s", kind, message)
 
-    def _gapfill(self) -> None:
-        """Fetch over REST every complete bar missed since the last one published (per ticker)."""
-        if self.rest is None:
-            return
+    def _release(self, key: tuple[str, str]) -> None:
+        """End the hold on ``key``'s live bars and publish them (after its gap-fill)."""
+        self._filling.discard(key)
+        for bar, raw in self._held.pop(key, []):
+            self._publish(bar, raw)
+
+    def _gap_plan(self) -> tuple[int, list[tuple[str, str, int]]]:
+        """``(now_ms, [(ticker, interval, first missed start)])``; holds those tickers' live bars."""
         now_ms = int(time.time() * 1000)
         tickers = self.tickers or tuple(sorted({t for t, _ in self.last_start}))
-        filled = 0
+        todo: list[tuple[str, str, int]] = []
         for channel in self.channels:
             interval = CHANNELS[channel]
             span = _SPAN_MS[interval]
             for ticker in tickers:
                 last = self.last_start.get((ticker, interval))
                 start = last + span if last is not None else (self._since_ms or now_ms) // span * span
-                if start + span > now_ms:
-                    continue
-                for page in self.rest.aggregate_pages(ticker, interval, start, now_ms):
-                    for raw in page.results:
-                        try:
-                            bar = agg_to_bar(raw, ticker, interval, GAPFILL_SOURCE)
-                        except Exception as exc:
-                            self.publisher.reject(raw, str(getattr(exc, "reason", exc)), key=ticker, kind="malformed")
-                            self.result.rejected += 1
-                            continue
-                        if bar.end.timestamp() * 1000 > now_ms:
-                            continue  # still forming: the socket will deliver the final bar
-                        if self._publish(bar, raw):
-                            filled += 1
+                if start + span <= now_ms:
+                    todo.append((ticker, interval, start))
+        self._filling = {(t, i) for t, i, _ in todo}
+        return now_ms, todo
+
+    async def _gapfill(self, plan: tuple[int, list[tuple[str, str, int]]]) -> None:
+        """Fetch over REST every complete bar missed since the last one published (per ticker).
+
+        Runs as a task beside the socket reader: REST calls run in a thread, bars are
+        published here on the event loop (the publisher is not shared across threads).
+        """
+        now_ms, todo = plan
+        filled = 0
+        try:
+            for ticker, interval, start in todo:
+                if (ticker, interval) in self._filling:  # not given up on while waiting
+                    filled += await self._gapfill_one(ticker, interval, start, now_ms)
+                self._release((ticker, interval))
+        finally:
+            self._filling = set()
+            self._held.clear()
         if filled:
             log.info("gap-filled %d bars over REST after the reconnect", filled)
         self.metrics.gapfill_bars.inc(filled)
         self.result.gapfilled += filled
         self.publisher.flush()
+
+    async def _gapfill_one(self, ticker: str, interval: str, start: int, now_ms: int) -> int:
+        assert self.rest is not None
+        pages = self.rest.aggregate_pages(ticker, interval, start, now_ms)
+        filled = 0
+        while (page := await asyncio.to_thread(next, pages, None)) is not None:
+            for raw in page.results:
+                try:
+                    bar = agg_to_bar(raw, ticker, interval, GAPFILL_SOURCE)
+                except InvalidRecord as exc:
+                    self.publisher.reject(raw, exc.reason, key=ticker, kind="malformed")
+                    self.result.rejected += 1
+                    continue
+                if bar.end.timestamp() * 1000 > now_ms:
+                    continue  # still forming: the socket will deliver the final bar
+                if self._publish(bar, raw):
+                    filled += 1
+        return filled
 
 
 class _Disconnected(Exception):

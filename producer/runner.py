@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -70,8 +71,7 @@ def produce(settings: Settings, opts: ProduceOptions, stop: Any = None) -> dict[
 
     publisher = BarPublisher(settings.kafka, settings.producer, opts.source)
     observability = ObservabilityServer(
-        settings.producer.metrics_port,
-        lambda: (not stop.is_set(), {"source": opts.source, "sent": publisher.sent, "rejected": publisher.rejected}),
+        settings.producer.metrics_port, health_check(publisher, stop, opts.source), host=settings.metrics_host
     ).start()
     try:
         with publisher:
@@ -87,6 +87,18 @@ def produce(settings: Settings, opts: ProduceOptions, stop: Any = None) -> dict[
     summary = asdict(result) if is_dataclass(result) and not isinstance(result, type) else dict(result)
     summary = {"source": opts.source, "sent": publisher.sent, "dlq": publisher.rejected, **summary}
     return summary
+
+
+def health_check(publisher: Any, stop: Any, source: str) -> Callable[[], tuple[bool, dict[str, Any]]]:
+    """The producer's ``/healthz``: unhealthy when stopping or when the DLQ has kept failing
+    past ``producer.dlq_unhealthy_after_s``."""
+
+    def check() -> tuple[bool, dict[str, Any]]:
+        dlq_ok, details = publisher.health()
+        ok = dlq_ok and not stop.is_set()
+        return ok, {"source": source, "sent": publisher.sent, "rejected": publisher.rejected, **details}
+
+    return check
 
 
 def preflight(settings: Settings, opts: ProduceOptions) -> None:

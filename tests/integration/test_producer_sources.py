@@ -133,6 +133,8 @@ def test_cli_synthetic_run_prints_a_summary(make_settings: Callable[..., Setting
     settings = producer_settings(make_settings, topics)
     env = {
         "PATH": "/usr/bin:/bin",
+        # the test broker's login (SASL on the policy-enforced broker), as the fixtures set it
+        **{k: v for k, v in os.environ.items() if k.startswith(("TICKCAST_KAFKA__SASL_", "TICKCAST_KAFKA__SECURITY_"))},
         "TICKCAST_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
         "TICKCAST_KAFKA__TOPIC_BARS": topics.bars,
         "TICKCAST_KAFKA__TOPIC_DLQ": topics.dlq,

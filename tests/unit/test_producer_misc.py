@@ -1,12 +1,16 @@
-"""Checkpoints, key redaction, open/close parsing and the CLI wiring (no broker needed)."""
+"""Checkpoints, key redaction, open/close parsing, the CLI wiring and the DLQ sender's back-off,
+bounds and truncation (no broker needed: a failing stand-in client)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 import sys
+import time
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,7 +20,7 @@ from producer.checkpoint import BackfillCheckpoint, TickerProgress, plan_key
 from producer.cli import options_from_args
 from producer.redaction import install_log_scrubber, redact
 from tickcast.cli import build_parser
-from tickcast.errors import InvalidBar, InvalidRecord
+from tickcast.errors import BrokerUnavailable, InvalidBar, InvalidRecord
 from tickcast.lake import Lake
 from tickcast.settings import LakeSettings, load_settings
 
@@ -154,3 +158,88 @@ def test_missing_api_key_fails_fast_with_one_line() -> None:
     )
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1].startswith("tickcast: error: setting TICKCAST_POLYGON__API_KEY")
+
+
+class _BrokenClient:
+    """A DLQ Kafka client whose every send fails at once, until ``healed``; counts the calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.times: list[float] = []
+        self.healed = False
+        self.sent: list[bytes] = []
+
+    def send(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]]) -> Any:
+        self.calls += 1
+        self.times.append(time.monotonic())
+        if not self.healed:
+            raise RuntimeError("topic not writable")
+        self.sent.append(value)
+        return _Done()
+
+    def close(self, timeout: float | None = None) -> None:
+        pass
+
+
+class _Done:
+    def get(self, timeout: float | None = None) -> None:
+        return None
+
+
+def _dead_letters(client: _BrokenClient, unhealthy_after_s: float = 0.3) -> Any:
+    from producer.metrics import get_metrics
+    from producer.sink import DeadLetters
+    from tickcast.settings import KafkaSettings, ProducerSettings
+
+    producer = ProducerSettings(dlq_max_bytes=8192, dlq_unhealthy_after_s=unhealthy_after_s)
+    return DeadLetters(KafkaSettings(), producer, "dlq", get_metrics(), client=client, backoff_max_s=0.4)
+
+
+def test_dead_letters_back_off_bound_their_queue_and_never_drop_silently(monkeypatch: pytest.MonkeyPatch) -> None:
+    import producer.sink as sink
+
+    monkeypatch.setattr(sink, "DLQ_MAX_QUEUED", 5)
+    client = _BrokenClient()
+    dlq = _dead_letters(client)
+    try:
+        with dlq._cond:  # (reentrant) the sender thread takes nothing until all eight are queued
+            for i in range(8):
+                dlq.put(str(i).encode(), b"AAPL", [("reason", b"r")])
+        assert dlq.dropped == 3  # the three oldest made room; counted and logged
+        deadline = time.monotonic() + 20
+        while client.calls < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ok, details = dlq.health()
+        assert not ok and details["dlq_waiting"] == 5 and "topic not writable" in details["dlq_error"]
+        # each failed round waits 0.2-0.4 s (full jitter under the 0.4 s cap) before the next: a
+        # sender that spun would call again at once
+        gaps = [b - a for a, b in zip(client.times, client.times[1:], strict=False)]
+        assert len(gaps) >= 3 and min(gaps) >= 0.2, gaps
+        client.healed = True
+        # wait_idle does not wait on a failing DLQ (the bars' flush must not): poll for the next
+        # round, at most 0.4 s away, which delivers the queue in order
+        deadline = time.monotonic() + 10
+        while dlq.health()[1]["dlq_waiting"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.sent == [b"3", b"4", b"5", b"6", b"7"]
+        assert dlq.health()[0]
+    finally:
+        with contextlib.suppress(BrokerUnavailable):  # a failed assertion must not leave it retrying
+            dlq.close(timeout=0.5)
+
+
+def test_dead_letters_truncate_to_the_budget_and_fail_loudly_at_close() -> None:
+    from producer.sink import DLQ_FRAMING_BYTES
+
+    client = _BrokenClient()
+    dlq = _dead_letters(client, unhealthy_after_s=60)
+    dlq.put(b"x" * 100_000, None, [("reason", b"r")])
+    assert dlq.health()[0]  # failing, not for long
+    with pytest.raises(BrokerUnavailable, match="1 rejected record"):
+        dlq.close(timeout=0.5)
+    client = _BrokenClient()
+    client.healed = True
+    dlq = _dead_letters(client)
+    dlq.put(b"x" * 100_000, None, [("reason", b"r")])
+    dlq.close(timeout=5)
+    assert client.sent == [b"x" * (8192 - DLQ_FRAMING_BYTES)]

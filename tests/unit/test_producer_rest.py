@@ -133,6 +133,40 @@ def test_key_never_in_logs_or_errors_even_when_the_server_echoes_it(
         assert SECRET not in record.getMessage()
 
 
+def test_next_url_to_another_host_is_refused_and_the_key_never_goes_there(server: LocalPolygonServer) -> None:
+    """A next_url naming another host (a compromised or misconfigured server, a rewriting
+    proxy) is not followed: the client would send that host the API key."""
+    with LocalPolygonServer(market=MarketData(("AAPL",)), api_keys=[SECRET]) as elsewhere:
+        # same address, another port: only scheme + host + port equality lets it through
+        server.set_faults(next_url_base=elsewhere.url)
+        with client(server, key=SECRET) as rest, pytest.raises(SourceError) as info:
+            list(rest.aggregate_pages("AAPL", "minute", JAN2, JAN2 + DAY_MS - 1))
+        assert elsewhere.stats.rest_requests == 0  # nothing, so no key, ever reached it
+    text = str(info.value)
+    assert f"pointing to http://127.0.0.1:{elsewhere.port}" in text and "TICKCAST_POLYGON__REST_BASE_URL" in text
+    assert SECRET not in text
+    assert server.stats.rest_requests == 1  # the first page came, the second was never asked for
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://elsewhere.test/v2/aggs",
+        "https://127.0.0.1:{port}/v2/aggs",  # another scheme
+        "http://127.0.0.1:{port}@elsewhere.test/v2/aggs",  # our host as user info
+        "http://localhost:{port}/v2/aggs",  # another name, even for the same machine
+        "//elsewhere.test/v2/aggs",  # scheme-relative
+        "ftp://127.0.0.1:{port}/v2/aggs",
+    ],
+)
+def test_only_urls_on_the_configured_origin_are_requested(server: LocalPolygonServer, url: str) -> None:
+    with client(server) as rest:
+        with pytest.raises(SourceError, match="not following it"):
+            rest.get("aggs", url.format(port=server.port))
+        status, _ = rest.get("ticker", f"HTTP://127.0.0.1:{server.port}/v3/reference/tickers/AAPL")  # same origin
+    assert status == 200 and server.stats.rest_requests == 1
+
+
 def test_network_errors_retry_then_fail_clearly() -> None:
     settings = PolygonSettings(
         api_key=SECRET, rest_base_url="http://127.0.0.1:9", max_retries=1, backoff_max_s=0.1, request_timeout_s=2
