@@ -60,6 +60,10 @@ def forecast_ticker(
     except json.JSONDecodeError:
         payload = {"detail": response.text[:300]}
     detail = str(payload.get("detail", "")) if isinstance(payload, dict) else ""
+    # Serve logs a failure's cause under its request id; the id lets an operator find it.
+    rid = payload.get("request_id") if isinstance(payload, dict) else None
+    if rid:
+        detail += f" (request id {str(rid)[:64]})"
     if response.status_code >= 500:
         raise ServeUnavailable(f"Serve answered HTTP {response.status_code}: {detail}", "retry shortly")
     if response.status_code >= 400:

@@ -14,7 +14,9 @@ file (``serving/serve-config.yaml``, also the KubeRay ``serveConfigV2``).
 import asyncio
 import json
 import logging
+import re
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -29,6 +31,7 @@ from ray.serve import Application
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.forecaster import Forecaster, ForecastJob, ForecastOutput
+from serving.runtime import DetachedSettings, attach_secrets, bind_replica_servers_locally, detach_secrets
 from serving.validation import (
     ApiError,
     Defaults,
@@ -39,10 +42,12 @@ from serving.validation import (
     TickerForecastRequest,
     TickerForecastResponse,
     check_auth,
+    check_json_content_type,
     forecast_job,
     parse_body,
     ticker_query,
 )
+from tickcast.api_token import require_token_when_exposed
 from tickcast.errors import ConfigError, ModelError, StoreUnavailable, TickcastError
 from tickcast.settings import ServingSettings, Settings, load_settings
 
@@ -56,7 +61,9 @@ api = FastAPI(
     title="tickcast forecast API",
     version=API_VERSION,
     description="Probabilistic forecasts of market bars with Chronos models on Ray Serve. "
-    'Errors are JSON objects {"detail": "..."}; 4xx means the request must change.',
+    'Errors are JSON objects {"detail": "...", "request_id": "..."}; 4xx means the request must change, '
+    "5xx that the server failed (its log has the cause under the request id). The /v1 endpoints need "
+    "'Authorization: Bearer <token>' when the server has a token; /healthz and /metrics never do.",
 )
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -65,8 +72,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         401: "Missing or wrong bearer token (when TICKCAST_SERVING__AUTH_TOKEN is set).",
         404: "Unknown ticker or model.",
         413: "Body larger than TICKCAST_SERVING__MAX_BODY_BYTES.",
+        415: "Body not sent as Content-Type: application/json.",
         422: "Invalid request: the message says which field and why.",
-        503: "Model not loaded yet, or the lake is unreachable.",
+        500: "Internal error; the server log has the cause under request_id.",
+        503: "Model not loaded yet, the lake is unreachable, or the replica holds "
+        "TICKCAST_SERVING__MAX_INFLIGHT_BYTES of request bodies (retry after Retry-After seconds).",
     }.items()
 }
 
@@ -86,25 +96,43 @@ def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None
     return Response(content=body, status_code=status, media_type="application/json", headers=headers)
 
 
+#: A client's X-Request-ID is echoed and logged only when it looks like an id (no log injection).
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def request_id(request: Request) -> str:
+    """The request's id: Serve's ``X-Request-ID`` (the proxy sets one when the client did not),
+    or a fresh one when it is absent or not a plain token. Errors carry it; logs name it."""
+    known = getattr(request.state, "request_id", None)
+    if known:
+        return str(known)
+    given = request.headers.get("x-request-id", "")
+    rid = given if _SAFE_REQUEST_ID.match(given) else uuid.uuid4().hex
+    request.state.request_id = rid
+    return rid
+
+
 @api.exception_handler(ApiError)
-async def _api_error(_request: Request, exc: ApiError) -> Response:
-    return _json(exc.body(), exc.status, exc.headers)
+async def _api_error(request: Request, exc: ApiError) -> Response:
+    return _json(exc.body(request_id(request)), exc.status, exc.headers)
 
 
 @api.exception_handler(RequestValidationError)
-async def _validation_error(_request: Request, exc: RequestValidationError) -> Response:
+async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
     errors = [
         {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg")), "type": str(e.get("type"))}
         for e in exc.errors()[:20]
     ]
     where = ".".join(errors[0]["loc"]) if errors else "request"
     msg = errors[0]["msg"] if errors else "invalid"
-    return _json({"detail": f"invalid request: {where}: {msg}", "errors": errors}, 422)
+    body = {"detail": f"invalid request: {where}: {msg}", "errors": errors, "request_id": request_id(request)}
+    return _json(body, 422)
 
 
 @api.exception_handler(StarletteHTTPException)
-async def _http_error(_request: Request, exc: StarletteHTTPException) -> Response:
-    return _json({"detail": str(exc.detail)}, exc.status_code, dict(exc.headers or {}))
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    body = {"detail": str(exc.detail), "request_id": request_id(request)}
+    return _json(body, exc.status_code, dict(exc.headers or {}))
 
 
 def _total_series(jobs: list[ForecastJob]) -> int:
@@ -147,6 +175,11 @@ class _Metrics:
             "tickcast_serving_inference_seconds",
             "Model call duration",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.inflight_bytes = Gauge(
+            "tickcast_serving_inflight_bytes",
+            "Request body bytes this replica holds (declared or read) for requests in progress",
             registry=r,
         )
         self.model_info = Gauge(
@@ -221,12 +254,19 @@ class ForecastService:
     """A Serve replica: one loaded :class:`Forecaster` behind the HTTP API.
 
     Args:
-        settings: the process settings, built once by :func:`build_app`.
+        settings: the process settings, built once by :func:`build_app`, without their
+            secrets (:func:`serving.runtime.detach_secrets`): Ray stores init arguments in
+            GCS, so the replica reads the secrets back from its own environment.
         model: the model spec to load at start (default ``settings.serving.model``);
             ``reconfigure({"model": ...})`` swaps it later without downtime.
     """
 
-    def __init__(self, settings: Settings, model: str | None = None, from_user_config: bool = False) -> None:
+    def __init__(
+        self, settings: "Settings | DetachedSettings", model: str | None = None, from_user_config: bool = False
+    ) -> None:
+        # Before Serve starts this replica's own gRPC server, right after this constructor.
+        bind_replica_servers_locally()
+        settings = attach_secrets(settings)
         logging.basicConfig(level=getattr(logging, settings.log_level, logging.INFO))
         self._settings = settings
         self._serving = settings.serving
@@ -234,6 +274,8 @@ class ForecastService:
         self._token = settings.serving.auth_token.get_secret_value() if settings.serving.auth_token else None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._metrics = _Metrics()
+        # Body bytes held by requests in progress. Only the replica's event loop touches it.
+        self._inflight = 0
         self._lake: Any = None
         self._fatal: str | None = None
         self._running = 0  # model calls queued or running
@@ -343,7 +385,7 @@ class ForecastService:
         self._metrics.batch(len(jobs), _total_series(jobs), seconds)
         return outputs
 
-    async def _forecast(self, job: ForecastJob) -> ForecastOutput:
+    async def _forecast(self, job: ForecastJob, rid: str) -> ForecastOutput:
         if job.size * 2 >= self._serving.max_batch_size:
             # Already half a batch or more: merging gains little and would double the wait
             # of whichever request came first, so it runs on its own, in arrival order.
@@ -357,27 +399,68 @@ class ForecastService:
             await self._next_call_done()
             result = await self._batched(job)
         if isinstance(result, BaseException):
-            log.error("forecast failed: %s", result, exc_info=result)
+            # The cause (paths, endpoints, exception text) goes to the log, never to the client.
+            log.error("request %s: forecast failed: %s", rid, result, exc_info=result)
             if isinstance(result, TickcastError):
-                raise ApiError(503, result.one_line())
-            raise ApiError(500, f"internal error while forecasting: {type(result).__name__}")
+                raise ApiError(503, "the model could not forecast this request; retry shortly (cause logged)")
+            raise ApiError(500, "internal error while forecasting; the server logged the cause under request_id")
         _check_finite(result)
         return result
 
     # -- HTTP --------------------------------------------------------------------------------
+    def _hold(self, request: Request, nbytes: int) -> None:
+        """Count ``nbytes`` more of this request's body against the replica's in-flight bound.
+
+        Raises:
+            ApiError: 503 with Retry-After when the bound would be passed; nothing is held then.
+        """
+        bound = self._serving.max_inflight_bytes
+        if self._inflight + nbytes > bound:
+            raise ApiError(
+                503,
+                f"this replica already holds {self._inflight} bytes of request bodies and the bound is {bound} "
+                "(TICKCAST_SERVING__MAX_INFLIGHT_BYTES): retry after the Retry-After seconds, or send smaller requests",
+                headers={"Retry-After": "1"},
+            )
+        self._inflight += nbytes
+        request.state.held_bytes = getattr(request.state, "held_bytes", 0) + nbytes
+        self._metrics.inflight_bytes.set(self._inflight)
+
+    def _release(self, request: Request) -> None:
+        """Give back what :meth:`_hold` counted for this request (at its end, whatever the outcome)."""
+        held = getattr(request.state, "held_bytes", 0)
+        if held:
+            self._inflight -= held
+            request.state.held_bytes = 0
+            self._metrics.inflight_bytes.set(self._inflight)
+
     async def _read_body(self, request: Request) -> bytes:
+        """The body of a JSON POST, bounded per request and, across requests, per replica.
+
+        A declared Content-Length is held before the first byte is read, so concurrent large
+        uploads are turned away with 503 instead of buffering; a chunked body is held as it
+        arrives. What is held stays held until the response is made (the parsed request
+        lives that long), see :meth:`_measured`.
+        """
+        check_json_content_type(request.headers.get("content-type"))
         limit = self._serving.max_body_bytes
         length = request.headers.get("content-length")
+        declared = 0
         if length is not None:
             if not length.isdigit():
                 raise ApiError(400, "Content-Length is not a number")
             if int(length) > limit:
                 raise ApiError(413, f"body of {length} bytes exceeds {limit} (TICKCAST_SERVING__MAX_BODY_BYTES)")
+            declared = int(length)
+            self._hold(request, declared)
         chunks, total = [], 0
         async for chunk in request.stream():
             total += len(chunk)
             if total > limit:
                 raise ApiError(413, f"body exceeds {limit} bytes (TICKCAST_SERVING__MAX_BODY_BYTES)")
+            if total > declared:  # chunked, or more than declared
+                self._hold(request, total - declared)
+                declared = total
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -400,7 +483,7 @@ class ForecastService:
             req = parse_body(ForecastRequest, await self._read_body(request))
             forecaster = self._ready()
             job = forecast_job(req, forecaster.info, self._defaults)
-            output = await self._forecast(job)
+            output = await self._forecast(job, request_id(request))
             ids = req.ids or [None] * job.size
             return _json(
                 {
@@ -425,7 +508,8 @@ class ForecastService:
         """Read the ticker's last ``context_length`` bars from the lake and forecast them."""
 
         async def run() -> Response:
-            return await self._ticker(parse_body(TickerForecastRequest, await self._read_body(request)))
+            body = parse_body(TickerForecastRequest, await self._read_body(request))
+            return await self._ticker(body, request_id(request))
 
         return await self._measured("forecast_ticker", request, run)
 
@@ -450,12 +534,18 @@ class ForecastService:
             payload["target"] = target
 
         async def run() -> Response:
-            return await self._ticker(parse_body(TickerForecastRequest, json.dumps(payload).encode()))
+            return await self._ticker(
+                parse_body(TickerForecastRequest, json.dumps(payload).encode()), request_id(request)
+            )
 
         return await self._measured("forecast_ticker", request, run)
 
     async def _measured(self, endpoint: str, request: Request, handler: Callable[[], Awaitable[Response]]) -> Response:
-        """Check the bearer token, run ``handler``, and record the request's status and latency."""
+        """Check the bearer token, run ``handler``, and record the request's status and latency.
+
+        An unexpected exception is logged with the request id and answered as a 500 that
+        says no more than that: its text may name paths, endpoints or hosts.
+        """
         start = time.perf_counter()
         status = 500
         try:
@@ -466,10 +556,14 @@ class ForecastService:
         except ApiError as exc:
             status = exc.status
             raise
+        except Exception:
+            log.exception("request %s to %s failed", request_id(request), endpoint)
+            raise ApiError(500, "internal error; the server logged the cause under request_id") from None
         finally:
+            self._release(request)
             self._metrics.request(endpoint, status, time.perf_counter() - start)
 
-    async def _ticker(self, req: TickerForecastRequest) -> Response:
+    async def _ticker(self, req: TickerForecastRequest, rid: str) -> Response:
         from serving.context import UnknownTicker, read_context
         from tickcast.contracts import Forecast
 
@@ -489,14 +583,18 @@ class ForecastService:
         except UnknownTicker as exc:
             raise ApiError(404, f"unknown ticker: {exc}") from None
         except (StoreUnavailable, ConfigError) as exc:
-            raise ApiError(503, f"lake unavailable: {exc.one_line()}") from None
+            # the message names the lake's URL or endpoint: log it, do not answer it
+            log.error("request %s: lake unavailable: %s", rid, exc.one_line())
+            raise ApiError(
+                503, "the lake could not be read; retry shortly (the cause is logged under request_id)"
+            ) from None
         job = ForecastJob(
             series=[context.target],
             horizon=query.horizon,
             quantile_levels=query.quantile_levels,
             past_covariates=[context.covariates] if context.covariates else None,
         )
-        output = await self._forecast(job)
+        output = await self._forecast(job, rid)
         info = forecaster.info
         series = output.series(0)
         forecast = Forecast(
@@ -534,9 +632,10 @@ class ForecastService:
 
     @api.get("/healthz", summary="Liveness and readiness")
     async def healthz(self) -> Response:
-        """200 with the model when ready, 503 otherwise. Needs no token."""
+        """200 with the model when ready, 503 otherwise. Needs no token, so says nothing internal."""
         if self._forecaster is None or self._fatal:
-            return _json({"ok": False, "detail": self._fatal or "no model loaded"}, 503)
+            # the device error's text stays in the log and in Serve's health check
+            return _json({"ok": False, "detail": "device error" if self._fatal else "no model loaded"}, 503)
         return _json({"ok": True, "model": _model_summary(self._forecaster)})
 
     @api.get("/metrics", summary="Prometheus metrics of this replica", response_class=PlainTextResponse)
@@ -595,6 +694,7 @@ def make_app(settings: Settings, overrides: dict[str, Any] | None = None) -> App
             raise ConfigError("build_app arguments", str(exc).splitlines()[0]) from None
         settings = settings.model_copy(update={"serving": serving})
     s = settings.serving
+    require_token_when_exposed(s.host, s.auth_token.get_secret_value() if s.auth_token else None)
     options: dict[str, Any] = {
         "max_ongoing_requests": s.max_ongoing_requests,
         "ray_actor_options": {"num_cpus": s.num_cpus, "num_gpus": s.num_gpus},
@@ -616,7 +716,8 @@ def make_app(settings: Settings, overrides: dict[str, Any] | None = None) -> App
     fixed = settings.model_copy(
         update={"serving": s.model_copy(update={k: ServingSettings.model_fields[k].default for k in _DYNAMIC})}
     )
-    return ForecastService.options(**options).bind(fixed, None, True)  # type: ignore[attr-defined]
+    # Ray keeps init arguments in GCS: the replica gets the settings without their secrets.
+    return ForecastService.options(**options).bind(detach_secrets(fixed), None, True)  # type: ignore[attr-defined]
 
 
 __all__ = ["APP_NAME", "DEPLOYMENT_NAME", "ForecastService", "ModelError", "api", "build_app", "make_app"]

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from datetime import datetime
 
+from tickcast.api_token import require_token_when_exposed
 from tickcast.errors import ConfigError, TickcastError
 from tickcast.settings import Settings
 
@@ -73,6 +74,10 @@ def _with_model(settings: Settings, model: str | None) -> Settings:
 
 def run_serve(settings: Settings, args: argparse.Namespace) -> int:
     """Start Serve and block until SIGINT/SIGTERM (or return at once with ``--detach``)."""
+    token = settings.serving.auth_token
+    # Before Ray is even imported: an API reachable from the network is never open.
+    require_token_when_exposed(settings.serving.host, token.get_secret_value() if token else None)
+
     from ray import serve
 
     from serving.models import resolve_model
@@ -110,17 +115,16 @@ def run_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 def _start_detached_cluster(settings: Settings, num_cpus: int | None) -> None:
     """``ray start --head`` in the background, so the app outlives this command."""
-    from serving.runtime import apply_ray_env
+    from serving.runtime import prepare_local_cluster, ray_start_command
 
     if os.environ.get("RAY_ADDRESS"):
         return
     ray_bin = shutil.which("ray") or os.path.join(os.path.dirname(sys.executable), "ray")
     if not os.path.exists(ray_bin):
         raise ConfigError("PATH", "the `ray` command is not installed", "install tickcast[serving]")
-    apply_ray_env(settings.serving)
-    cmd = [ray_bin, "start", "--head", "--include-dashboard=false", "--disable-usage-stats"]
-    if num_cpus:
-        cmd.append(f"--num-cpus={num_cpus}")
+    # Loopback only and token authentication on, for `ray start` and for this process joining it.
+    prepare_local_cluster(settings)
+    cmd = ray_start_command(ray_bin, num_cpus)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     if proc.returncode != 0 and "already" not in (proc.stderr + proc.stdout).lower():
         raise TickcastError(f"`ray start --head` failed: {proc.stderr.strip()[-300:]}", "run `ray stop` and retry")

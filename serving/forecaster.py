@@ -129,17 +129,17 @@ class Forecaster:
     def from_pretrained(
         cls, location: str, *, device: str = "auto", torch_threads: int = 0, max_batch_size: int = 256
     ) -> Forecaster:
-        """Load a checkpoint directory or hub id directly (no settings needed)."""
+        """Load a checkpoint directory or a pinned hub id ``ORG/NAME@COMMIT`` directly (no settings needed)."""
         from pathlib import Path
 
-        from serving.models import _local
+        from serving.models import _local, parse_hub_spec
 
         path = Path(location)
-        resolved = (
-            _local(location, path.resolve(), "local")
-            if path.is_dir()
-            else ResolvedModel(location, "hub", location, location, "main")
-        )
+        if path.is_dir():
+            resolved = _local(location, path.resolve(), "local")
+        else:
+            repo_id, revision = parse_hub_spec(location)
+            resolved = ResolvedModel(location, "hub", repo_id, repo_id, revision[:12], revision=revision)
         return cls.from_resolved(resolved, device=device, torch_threads=torch_threads, max_batch_size=max_batch_size)
 
     @classmethod

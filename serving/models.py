@@ -8,14 +8,26 @@ A model spec (``TICKCAST_SERVING__MODEL``) is resolved in this order:
    - a local directory (``/path``, ``./path`` or ``file:///path``);
    - ``NAME/VERSION`` (or ``NAME/latest``): an entry of the lake's model registry
      ``models/<NAME>/<VERSION>/``, downloaded to a local cache;
-   - anything else is a hub id such as ``amazon/chronos-bolt-small``, loaded from the hub
-     (or the local hub cache when the hub cannot be reached);
+   - anything else is a hub id pinned to a commit, ``REPO@COMMIT`` such as
+     ``amazon/chronos-2@254b5357164a84326913b0695216f690752ac55d``, loaded from the hub (or
+     the local hub cache when the hub cannot be reached);
 2. ``auto``: the hub model ``TICKCAST_SERVING__HUB_MODEL`` when the hub is reachable (or
    the model is in the local hub cache), otherwise
 3. the bundled model.
 
 An explicit spec that cannot be found is an error, never a silent fallback: serving a
 different model than the one configured would mislabel every forecast.
+
+What gets loaded is checked, because a checkpoint is code as much as data:
+
+- weights load from safetensors only; pickle weights (``pytorch_model.bin``, ``*.pt``,
+  ``*.ckpt``) can run arbitrary code when unpickled, so a checkpoint with only those is
+  refused, and pickle files next to safetensors weights are never downloaded or read;
+- a hub model is pinned to a 40-character commit, so the weights served cannot change
+  under a deployment when someone pushes to the model's repository;
+- files downloaded from S3 or the registry land inside the cache folder or nowhere: a key
+  with ``..`` segments, an absolute path or an empty segment is refused before anything
+  is written.
 """
 
 from __future__ import annotations
@@ -51,6 +63,12 @@ METADATA_FILE = "metadata.json"
 REGISTRY_PREFIX = "models"
 
 _REGISTRY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_HUB_ID_RE = _REGISTRY_RE  # ORG/NAME: the same shape; a registry entry wins when both exist
+_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+#: Weight files that are Python pickles: loading one can execute code.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+#: An example of a pinned hub spec, for error messages.
+PINNED_EXAMPLE = "amazon/chronos-2@254b5357164a84326913b0695216f690752ac55d"
 _PIPELINE_KINDS: dict[str, ModelKind] = {
     "Chronos2Pipeline": "chronos2",
     "ChronosBoltPipeline": "bolt",
@@ -71,6 +89,7 @@ class ResolvedModel:
     version: str
     metadata: dict[str, Any] = field(default_factory=dict)
     origin: str = ""
+    revision: str | None = None  # the hub commit, when ``location`` is a hub id
 
     @property
     def where(self) -> str:
@@ -124,15 +143,43 @@ def hub_available(timeout_s: float = 2.0) -> bool:
     return True
 
 
-def _hub_cached(repo_id: str) -> str | None:
-    """The local snapshot directory of a hub model already in the hub cache, if any."""
+def _hub_cached(repo_id: str, revision: str) -> str | None:
+    """The local snapshot directory of a hub model's commit already in the hub cache, if any."""
     try:
         from huggingface_hub import snapshot_download
 
-        path = snapshot_download(repo_id, local_files_only=True)
+        path = snapshot_download(repo_id, revision=revision, local_files_only=True)
     except Exception:  # any miss (not cached, malformed id) means "not available offline"
         return None
     return path if (Path(path) / "config.json").exists() else None
+
+
+def parse_hub_spec(spec: str) -> tuple[str, str]:
+    """Split a pinned hub spec ``ORG/NAME@COMMIT`` into the repository id and the commit.
+
+    Raises:
+        ModelError: when the spec is not a hub id or carries no 40-character commit.
+    """
+    repo_id, at, revision = spec.partition("@")
+    if not _HUB_ID_RE.match(repo_id):
+        raise ModelError(
+            f"model {spec[:200]!r} is not a local directory, an s3:// prefix, a registry entry NAME/VERSION "
+            "or a hub id ORG/NAME@COMMIT",
+            "set TICKCAST_SERVING__MODEL to one of those, `bundled`, or `auto`",
+        )
+    if not at:
+        raise ModelError(
+            f"hub model {repo_id!r} is not pinned to a commit, so the weights served could change with "
+            "any push to its repository",
+            f"append @ and the 40-character commit of the revision you reviewed, e.g. {PINNED_EXAMPLE} "
+            "(in TICKCAST_SERVING__MODEL or TICKCAST_SERVING__HUB_MODEL)",
+        )
+    if not _COMMIT_RE.match(revision):
+        raise ModelError(
+            f"hub model {repo_id!r} is pinned to {revision[:60]!r}, which is not a commit (branches and tags move)",
+            f"use the full 40-character lowercase commit hash, e.g. {PINNED_EXAMPLE}",
+        )
+    return repo_id, revision
 
 
 def _read_metadata(directory: Path) -> dict[str, Any]:
@@ -194,16 +241,23 @@ def download_prefix(lake: Lake, prefix: str, cache_root: Path) -> Path:
     target = cache_root / hashlib.sha1(uri.encode()).hexdigest()[:16]
     base = lake.path(prefix)
     infos = lake.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
-    files = {
+    listed = {
         info.path[len(base) + 1 :]: int(info.size or 0)
         for info in infos
         if info.type == pafs.FileType.File and not info.base_name.startswith(".")
     }
-    if "config.json" not in files:
+    for key in listed:
+        check_cache_key(key, uri)
+    if "config.json" not in listed:
         raise ModelError(
             f"no Chronos checkpoint at {uri} (config.json missing)",
             "upload a directory written by save_pretrained (e.g. with `tickcast train`, which registers models)",
         )
+    files = {key: size for key, size in listed.items() if not _is_pickle(key)}
+    check_safetensors(list(listed), uri)
+    skipped = sorted(set(listed) - set(files))
+    if skipped:
+        log.info("not downloading pickle files %s of %s: tickcast loads safetensors only", skipped, uri)
     manifest = target / ".tickcast-manifest.json"
     if manifest.exists():
         try:
@@ -214,8 +268,11 @@ def download_prefix(lake: Lake, prefix: str, cache_root: Path) -> Path:
     staging = cache_root / f".{target.name}.{uuid.uuid4().hex}"
     staging.mkdir(parents=True)
     try:
+        inside = staging.resolve()
         for rel in files:
             dest = staging / rel
+            if not dest.resolve().is_relative_to(inside):  # belt and braces after check_cache_key
+                raise ModelError(f"model file {rel!r} at {uri} would land outside the cache", _KEY_FIX)
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(lake.read_bytes(f"{prefix}/{rel}"))
         (staging / manifest.name).write_text(json.dumps(files))
@@ -227,6 +284,58 @@ def download_prefix(lake: Lake, prefix: str, cache_root: Path) -> Path:
         raise
     log.info("downloaded model %s to %s", uri, target)
     return target
+
+
+_KEY_FIX = "re-upload the checkpoint with plain relative names (what save_pretrained writes), nothing else"
+
+
+def check_cache_key(key: str, where: str) -> str:
+    """Refuse a remote file name that could write outside the model cache.
+
+    S3 keys are free-form strings: ``a/../../x``, ``/etc/x`` or ``a//b`` are all valid keys,
+    and joined to a local folder they point elsewhere. Only plain relative names pass.
+
+    Raises:
+        ModelError: naming the key (truncated) and where it was found.
+    """
+    parts = key.split("/")
+    bad = (
+        not key
+        or key.startswith(("/", "\\"))
+        or "\\" in key
+        or "\x00" in key
+        or any(part in ("", ".", "..") for part in parts)
+        or (len(parts[0]) >= 2 and parts[0][1] == ":")  # a Windows drive, C:
+    )
+    if bad:
+        raise ModelError(
+            f"refusing model file {key[:200]!r} at {where}: its name has '..', '.', an empty segment, a "
+            "backslash or an absolute path, which would write outside the model cache",
+            _KEY_FIX,
+        )
+    return key
+
+
+def _is_pickle(name: str) -> bool:
+    return name.lower().endswith(PICKLE_SUFFIXES)
+
+
+def check_safetensors(names: list[str], where: str) -> None:
+    """Refuse a checkpoint whose weights are pickle files only.
+
+    Raises:
+        ModelError: naming the pickle files and how to convert them.
+    """
+    if any(name.endswith(".safetensors") for name in names):
+        return
+    pickles = sorted(name for name in names if _is_pickle(name))
+    found = f"it holds pickle weights ({', '.join(pickles[:5])})" if pickles else "it holds no weights"
+    raise ModelError(
+        f"no safetensors weights in the checkpoint at {where}: {found}. tickcast loads safetensors only, "
+        "because unpickling weights can run arbitrary code",
+        "load the checkpoint in a trusted environment and save it again with "
+        "save_pretrained(directory, safe_serialization=True), which writes model.safetensors",
+    )
 
 
 def _registry_versions(lake: Lake, name: str) -> list[str]:
@@ -319,17 +428,17 @@ def _resolve_auto(settings: Settings) -> ResolvedModel:
     return _resolve_bundled()
 
 
-def _resolve_hub(repo_id: str, spec: str | None = None) -> ResolvedModel:
-    spec = spec or repo_id
-    cached = _hub_cached(repo_id)
+def _resolve_hub(hub_spec: str, spec: str | None = None) -> ResolvedModel:
+    spec = spec or hub_spec
+    repo_id, revision = parse_hub_spec(hub_spec)
+    cached = _hub_cached(repo_id, revision)
     if cached is not None:
-        revision = Path(cached).name
-        return ResolvedModel(spec, "hub", cached, repo_id, revision[:12], _read_metadata(Path(cached)))
+        return ResolvedModel(spec, "hub", cached, repo_id, revision[:12], _read_metadata(Path(cached)), origin=hub_spec)
     if hub_available():
-        return ResolvedModel(spec, "hub", repo_id, repo_id, "main")
+        return ResolvedModel(spec, "hub", repo_id, repo_id, revision[:12], origin=hub_spec, revision=revision)
     raise ModelError(
         f"model {repo_id!r} is not a local directory or registry entry, and the model hub is unreachable "
-        "(offline or HF_HUB_OFFLINE=1) with no cached copy",
+        "(offline or HF_HUB_OFFLINE=1) with no cached copy of that commit",
         "set TICKCAST_SERVING__MODEL to a local checkpoint directory, a registry entry NAME/VERSION, "
         "`bundled`, or `auto` (hub when reachable, else the bundled model)",
     )
@@ -395,10 +504,11 @@ def pick_device(device: str = "auto") -> str:
 def load_pipeline(resolved: ResolvedModel, device: str = "auto") -> tuple[Any, ModelInfo]:
     """Load a resolved model with ``BaseChronosPipeline.from_pretrained``.
 
-    CPU runs in fp32; CUDA in bf16, as the Chronos authors recommend for GPUs.
+    CPU runs in fp32; CUDA in bf16, as the Chronos authors recommend for GPUs. Weights load
+    from safetensors only, and a hub model at its pinned commit only.
 
     Raises:
-        ModelError: when the checkpoint cannot be loaded.
+        ModelError: when the checkpoint cannot be loaded, or holds pickle weights only.
     """
     import torch
     from chronos import BaseChronosPipeline
@@ -409,10 +519,19 @@ def load_pipeline(resolved: ResolvedModel, device: str = "auto") -> tuple[Any, M
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     from transformers.utils import logging as hf_logging
 
+    kwargs: dict[str, Any] = {"device_map": device, "dtype": dtype, "use_safetensors": True}
+    directory = Path(resolved.location)
+    if directory.is_dir():
+        check_safetensors([p.name for p in directory.iterdir() if p.is_file()], resolved.where)
+    elif resolved.source == "hub":
+        # a hub id: only a pinned commit is ever fetched (resolve_model pins every hub spec)
+        if resolved.revision is None:
+            raise ModelError(f"hub model {resolved.id!r} has no pinned commit", f"use e.g. {PINNED_EXAMPLE}")
+        kwargs["revision"] = resolved.revision
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a per-tensor progress bar per replica start is noise
     try:
-        pipeline = BaseChronosPipeline.from_pretrained(resolved.location, device_map=device, dtype=dtype)
+        pipeline = BaseChronosPipeline.from_pretrained(resolved.location, **kwargs)
     except (OSError, ValueError, AssertionError, KeyError, TypeError) as exc:
         raise ModelError(
             f"could not load model {resolved.id} from {resolved.where}: {_first_line(exc)}",

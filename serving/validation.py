@@ -12,7 +12,7 @@ from __future__ import annotations
 import hmac
 import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import numpy as np
@@ -28,6 +28,12 @@ MAX_COVARIATES = 16
 MAX_NAME_LENGTH = 64
 #: Beyond this magnitude float32 arithmetic inside the models overflows.
 MAX_ABS_VALUE = 1e30
+#: The range a ticker request's ``end`` may take. Bars before 1900 do not exist, and past
+#: 2262 a time no longer fits the nanosecond timestamps pandas and Arrow readers use; both
+#: bounds sit far from datetime's own limits (years 1 and 9999), where converting an
+#: offset time to UTC overflows.
+MIN_END = datetime(1900, 1, 1, tzinfo=UTC)
+MAX_END = datetime(2262, 1, 1, tzinfo=UTC)
 BAR_FIELDS = ("open", "high", "low", "close", "volume", "vwap", "trades")
 
 _STRICT = ConfigDict(extra="forbid")
@@ -43,11 +49,13 @@ class ApiError(Exception):
         self.headers = headers or {}
         self.errors = errors
 
-    def body(self) -> dict[str, Any]:
-        """The JSON error body."""
+    def body(self, request_id: str | None = None) -> dict[str, Any]:
+        """The JSON error body; ``request_id`` names the server log lines of this request."""
         out: dict[str, Any] = {"detail": self.message}
         if self.errors is not None:
             out["errors"] = self.errors
+        if request_id is not None:
+            out["request_id"] = request_id
         return out
 
 
@@ -103,7 +111,9 @@ class TickerForecastRequest(BaseModel):
         None, description='Bar fields used as past covariates (Chronos-2 models only), e.g. ["volume"].'
     )
     end: datetime | None = Field(
-        None, description="Use only bars that start before this time (ISO-8601 with offset); default: all."
+        None,
+        description="Use only bars that start before this time (ISO-8601 with a UTC offset, between "
+        "1900-01-01T00:00:00Z and 2262-01-01T00:00:00Z); default: all.",
     )
     model: str | None = Field(None, description="Optional: the model id (or id/version) the caller expects.")
 
@@ -163,10 +173,15 @@ class ModelsResponse(BaseModel):
 
 
 class ErrorResponse(BaseModel):
-    """Every 4xx/5xx answer."""
+    """Every 4xx/5xx answer: what was wrong and how to fix it, never server internals.
+
+    ``request_id`` (also the ``X-Request-ID`` header) names the server's log lines of the
+    request, where the causes of 5xx answers are recorded.
+    """
 
     detail: str
     errors: list[dict[str, Any]] | None = None
+    request_id: str | None = None
 
 
 # -- parsing and checks ----------------------------------------------------------------------
@@ -211,6 +226,44 @@ def parse_body(model: type[BaseModel], body: bytes) -> Any:
         return model.model_validate_json(body)
     except ValidationError as exc:
         raise _pydantic_error(exc) from None
+
+
+def check_json_content_type(content_type: str | None) -> None:
+    """415 unless the body is declared as ``application/json`` (parameters such as charset allowed)."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media != "application/json":
+        got = repr(content_type[:60]) if content_type else "no Content-Type"
+        raise ApiError(
+            415,
+            f"unsupported body type ({got}): send the JSON body with the header 'Content-Type: application/json'",
+        )
+
+
+def _iso(when: datetime) -> str:
+    return when.isoformat().replace("+00:00", "Z")
+
+
+def check_end(end: datetime | None) -> datetime | None:
+    """``end`` in UTC; 422 without an offset or outside ``MIN_END..MAX_END``.
+
+    Converting an offset time near datetime's limits to UTC overflows (9999-12-31T23:59:59-01:00
+    is in year 10000), so the range is checked on the fields first, with a day of margin.
+    """
+    if end is None:
+        return None
+    if end.tzinfo is None or end.utcoffset() is None:
+        raise ApiError(422, "end needs a UTC offset, e.g. 2024-01-02T15:30:00Z")
+    out_of_range = ApiError(
+        422,
+        f"end {end.isoformat()[:40]} is outside {_iso(MIN_END)}..{_iso(MAX_END)}: "
+        "send a time in that range, or omit end to use the latest bars",
+    )
+    if not (MIN_END.year - 1 <= end.year <= MAX_END.year + 1):
+        raise out_of_range
+    utc = end.astimezone(UTC)  # cannot overflow: years 1899..2263 are far from datetime's limits
+    if not (MIN_END <= utc <= MAX_END):
+        raise out_of_range
+    return utc
 
 
 def check_auth(token: str | None, authorization: str | None) -> None:
@@ -417,8 +470,7 @@ def ticker_query(req: TickerForecastRequest, info: ModelInfo, defaults: Defaults
     covariates = tuple(dict.fromkeys(req.covariates or ()))
     if target in covariates:
         raise ApiError(422, f"{target!r} is the target; it cannot also be a covariate")
-    if req.end is not None and req.end.tzinfo is None:
-        raise ApiError(422, "end needs a UTC offset, e.g. 2024-01-02T15:30:00Z")
+    end = check_end(req.end)
     return TickerQuery(
         ticker=ticker,
         interval=req.interval,
@@ -427,5 +479,5 @@ def ticker_query(req: TickerForecastRequest, info: ModelInfo, defaults: Defaults
         context_length=context,
         target=target,
         covariates=covariates,
-        end=req.end,
+        end=end,
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import threading
 import time
@@ -37,6 +38,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 SMALL_BOLT = {"d_model": 64, "d_ff": 256, "num_layers": 2, "num_heads": 2, "d_kv": 32}
 TOKEN = "test-token-not-secret"
+JSON = {"Content-Type": "application/json"}
+#: Schemathesis examples per operation and generation mode. 40 keeps CI near a minute on two
+#: cores; TICKCAST_TEST_FUZZ_EXAMPLES=120 runs the 1,000+ case campaign (6 operations x 2 modes).
+FUZZ_EXAMPLES = int(os.environ.get("TICKCAST_TEST_FUZZ_EXAMPLES", "40"))
 
 
 @dataclass
@@ -224,9 +229,9 @@ def test_concurrent_single_series_requests_are_batched(served: Served) -> None:
     ],
 )
 def test_bad_input_gets_4xx(served: Served, body: bytes, status: int) -> None:
-    response = httpx.post(f"{served.url}/v1/forecast", content=body, timeout=30)
+    response = httpx.post(f"{served.url}/v1/forecast", content=body, headers=JSON, timeout=30)
     assert response.status_code == status, response.text
-    assert response.json()["detail"]
+    assert response.json()["detail"] and response.json()["request_id"] == response.headers["x-request-id"]
 
 
 def test_ticker_forecast_reads_context_from_the_lake(served: Served) -> None:
@@ -284,11 +289,12 @@ def test_fuzzing_the_openapi_finds_no_server_error(served: Served) -> None:
     schema = schemathesis.openapi.from_url(f"{served.url}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {op.path for op in operations} >= {"/v1/forecast", "/v1/forecast/ticker", "/v1/models", "/healthz"}
+    statuses: dict[int, int] = {}
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
             @hsettings(
-                max_examples=40,
+                max_examples=FUZZ_EXAMPLES,
                 deadline=None,
                 suppress_health_check=list(HealthCheck),
                 derandomize=True,
@@ -296,9 +302,10 @@ def test_fuzzing_the_openapi_finds_no_server_error(served: Served) -> None:
             )
             @given(case=operation.as_strategy(generation_mode=mode))
             def check(case: Any) -> None:
-                case.call_and_validate(
+                response = case.call_and_validate(
                     base_url=served.url, checks=[not_a_server_error, response_schema_conformance], timeout=60
                 )
+                statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
 
             try:
                 check()
@@ -307,6 +314,58 @@ def test_fuzzing_the_openapi_finds_no_server_error(served: Served) -> None:
                 assert mode is GenerationMode.NEGATIVE, operation.path
     # the fuzzer reached the model with valid requests and was turned away with invalid ones
     assert all(answered(status) > before[status] for status in (200, 422))
+    print(f"schemathesis: {sum(statuses.values())} cases, statuses {dict(sorted(statuses.items()))}")
+    assert max(statuses) < 500
+
+
+#: The reported overflow, its mirror image at year 1, and the range's own edges.
+_DATE_EDGES = [
+    "9999-12-31T23:59:59-01:00",
+    "9999-12-31T23:59:59.999999-23:59",
+    "0001-01-01T00:00:00+01:00",
+    "0001-01-01T00:00:00+23:59",
+    "0001-01-01T00:00:00Z",
+    "9999-12-31T23:59:59Z",
+    "1900-01-01T00:00:00Z",
+    "2262-01-01T00:00:00Z",
+    "2262-01-01T00:00:00-00:01",
+]
+
+
+def test_fuzzing_end_dates_finds_no_server_error(served: Served) -> None:
+    """Any aware time from year 1 to 9999 with any offset a client can send: 422 outside the
+    documented range, an answer (200, or 404 before the first bar) inside it, never a 5xx."""
+    from datetime import timezone
+
+    from hypothesis import example, given
+    from hypothesis import strategies as st
+
+    from serving.validation import MAX_END, MIN_END
+
+    offsets = st.timedeltas(min_value=-timedelta(hours=23, minutes=59), max_value=timedelta(hours=23, minutes=59))
+    times = st.datetimes(timezones=offsets.map(lambda d: timezone(timedelta(minutes=d // timedelta(minutes=1)))))
+    seen: dict[int, int] = {}
+
+    @hsettings(max_examples=2 * FUZZ_EXAMPLES, deadline=None, derandomize=True, database=None)
+    @given(end=times.map(lambda t: t.isoformat()))
+    def check(end: str) -> None:
+        body = {"ticker": "AAPL", "horizon": 2, "context_length": 16, "end": end}
+        response = httpx.post(f"{served.url}/v1/forecast/ticker", json=body, timeout=60)
+        seen[response.status_code] = seen.get(response.status_code, 0) + 1
+        when = datetime.fromisoformat(end)
+        fields_in_range = MIN_END.year - 1 <= when.year <= MAX_END.year + 1
+        inside = fields_in_range and MIN_END <= when.astimezone(UTC) <= MAX_END
+        if inside:
+            assert response.status_code in (200, 404), (end, response.text)
+        else:
+            assert response.status_code == 422, (end, response.text)
+            assert "omit end" in response.json()["detail"]
+
+    for edge in _DATE_EDGES:
+        check = example(end=edge)(check)
+    check()
+    print(f"end-date fuzzing: {sum(seen.values())} cases, statuses {dict(sorted(seen.items()))}")
+    assert seen.get(422) and (seen.get(200) or seen.get(404)), seen
 
 
 def test_batch_forecast_writes_the_lake_idempotently(served: Served) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,8 @@ from serving.validation import (
     ForecastRequest,
     TickerForecastRequest,
     check_auth,
+    check_end,
+    check_json_content_type,
     forecast_job,
     parse_body,
     ticker_query,
@@ -156,3 +159,73 @@ def test_ticker_query_defaults_and_errors() -> None:
     with pytest.raises(ApiError) as err:
         parse_body(TickerForecastRequest, b'{"ticker": "AAPL", "interval": "week"}')
     assert err.value.status == 422
+
+
+@pytest.mark.parametrize(
+    "end",
+    [
+        "9999-12-31T23:59:59-01:00",  # the reported 500: UTC is in year 10000
+        "9999-12-31T23:59:59.999999Z",
+        "9999-01-01T00:00:00+23:59",
+        "0001-01-01T00:00:00+01:00",  # UTC is before year 1
+        "0001-01-01T00:00:00Z",
+        "0001-01-01T00:00:00-23:59",
+        "1899-12-31T23:59:59Z",
+        "2262-01-01T00:00:01Z",
+        "2261-12-31T23:00:00-01:01",  # in range by its fields, 2262-01-01T00:01 in UTC
+        "5000-06-15T12:00:00+05:30",
+    ],
+)
+def test_end_outside_the_supported_range_is_422_with_the_range(end: str) -> None:
+    req = parse_body(TickerForecastRequest, json.dumps({"ticker": "AAPL", "end": end}).encode())
+    with pytest.raises(ApiError) as err:
+        ticker_query(req, INFO, DEFAULTS)
+    assert err.value.status == 422
+    assert "1900-01-01T00:00:00Z..2262-01-01T00:00:00Z" in err.value.message and "omit end" in err.value.message
+
+
+@pytest.mark.parametrize(
+    "end",
+    [
+        '"2024-01-01T00:00:00+24:00"',  # offsets of a day or more do not parse
+        '"2024-01-01T00:00:00+99:99"',
+        '"2024-13-01T00:00:00Z"',
+        '"10000-01-01T00:00:00Z"',
+        "1e20",  # a unix time past year 9999
+        '"not a time"',
+    ],
+)
+def test_unparseable_ends_are_422(end: str) -> None:
+    with pytest.raises(ApiError) as err:
+        parse_body(TickerForecastRequest, f'{{"ticker": "AAPL", "end": {end}}}'.encode())
+    assert err.value.status == 422 and "end" in err.value.message
+
+
+def test_end_in_range_comes_back_in_utc() -> None:
+    req = parse_body(TickerForecastRequest, b'{"ticker": "AAPL", "end": "2024-01-02T10:00:00-05:00"}')
+    assert ticker_query(req, INFO, DEFAULTS).end == datetime(2024, 1, 2, 15, tzinfo=UTC)
+    assert check_end(datetime(1900, 1, 1, tzinfo=UTC)) == datetime(1900, 1, 1, tzinfo=UTC)  # bounds included
+    assert check_end(datetime(2262, 1, 1, tzinfo=UTC)) == datetime(2262, 1, 1, tzinfo=UTC)
+    assert check_end(None) is None
+
+
+def test_post_bodies_must_be_declared_json() -> None:
+    for ok in ("application/json", "application/json; charset=utf-8", "Application/JSON"):
+        check_json_content_type(ok)
+    for bad in (
+        None,
+        "",
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "application/jsonx",
+        "multipart/form-data",
+    ):
+        with pytest.raises(ApiError) as err:
+            check_json_content_type(bad)
+        assert err.value.status == 415 and "Content-Type: application/json" in err.value.message
+
+
+def test_error_bodies_carry_the_request_id() -> None:
+    err = ApiError(503, "the lake could not be read")
+    assert err.body("abc123") == {"detail": "the lake could not be read", "request_id": "abc123"}
+    assert err.body() == {"detail": "the lake could not be read"}
