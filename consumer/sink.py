@@ -757,7 +757,7 @@ def serve(
     stop = StopFlag().install()
     sink = Sink(settings, group_id=group_id, topic=topic, stop=stop)
     try:
-        server = ObservabilityServer(settings.consumer.metrics_port, sink.health).start()
+        server = ObservabilityServer(settings.consumer.metrics_port, sink.health, host=settings.metrics_host).start()
     except OSError as exc:
         raise ConfigError(
             "TICKCAST_CONSUMER__METRICS_PORT",

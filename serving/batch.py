@@ -28,6 +28,7 @@ from tickcast.settings import Settings
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from serving.runtime import DetachedSettings
     from tickcast.lake import AsOf
 
 log = logging.getLogger(__name__)
@@ -87,10 +88,12 @@ class BatchReport:
 class ChunkForecaster:
     """Loads the model once and forecasts chunks of tickers from the lake (a Ray actor's body)."""
 
-    def __init__(self, settings: Settings, model: str | None = None) -> None:
+    def __init__(self, settings: Settings | DetachedSettings, model: str | None = None) -> None:
         from serving.forecaster import Forecaster
+        from serving.runtime import attach_secrets
         from tickcast.lake import Lake
 
+        settings = attach_secrets(settings)  # sent without secrets: Ray keeps actor arguments in GCS
         self.settings = settings
         self.forecaster = Forecaster.load(settings, model)
         self.lake = Lake(settings.lake)
@@ -192,7 +195,7 @@ def batch_forecast(
     from ray.util import ActorPool
     from tqdm import tqdm
 
-    from serving.runtime import apply_ray_env
+    from serving.runtime import detach_secrets, init_ray
     from tickcast.lake import BARS, FORECASTS, Lake, bar_tickers, tables
 
     if end is not None and end.tzinfo is None:
@@ -226,9 +229,7 @@ def batch_forecast(
             f"no tickers with {interval} bars in the lake at {settings.lake.url} (bars table version {bars_version})",
             "ingest bars first (tickcast produce / consume), or pass --tickers",
         )
-    if not ray.is_initialized():
-        apply_ray_env(settings.serving)
-        ray.init(include_dashboard=False, log_to_driver=False)
+    init_ray(settings, log_to_driver=False)  # joins RAY_ADDRESS, else a local loopback-only cluster
     gpus = settings.serving.num_gpus if num_gpus is None else num_gpus
     if actors is None:
         resources = ray.cluster_resources()
@@ -239,7 +240,8 @@ def batch_forecast(
     actors = max(1, min(actors, len(chunks)))
 
     remote_cls: Any = ray.remote(num_cpus=1, num_gpus=gpus)(ChunkForecaster)
-    pool_actors = [remote_cls.remote(settings, model) for _ in range(actors)]
+    detached = detach_secrets(settings)
+    pool_actors = [remote_cls.remote(detached, model) for _ in range(actors)]
     info: dict[str, Any] = ray.get(pool_actors[0].info.remote())
     log.info(
         "batch forecast of %d tickers with %s %s on %d actor(s), bars table version %d%s",

@@ -47,6 +47,7 @@ import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
+    from serving.runtime import DetachedSettings
     from tickcast.lake import Lake
     from tickcast.settings import Settings
 
@@ -340,13 +341,17 @@ def _chunk_task(
     series: dict[str, np.ndarray],
     models: dict[str, str],
     config_dict: dict[str, Any],
-    settings: Settings | None = None,
+    settings: Settings | DetachedSettings | None = None,
 ) -> pd.DataFrame:
     """One Ray task: load the models, forecast and score a chunk of series.
 
     Models are resolved inside the task, so on a cluster each node fetches registry or
     ``s3://`` models itself instead of relying on a path of the driver's machine.
     """
+    if settings is not None:
+        from serving.runtime import attach_secrets
+
+        settings = attach_secrets(settings)
     config = BacktestConfig(**config_dict)
     forecasters: dict[str, BatchForecaster] = {
         n: chronos_forecaster(_load(r, settings), config.batch_size) for n, r in models.items()
@@ -413,16 +418,20 @@ def _backtest_on_ray(
 ) -> pd.DataFrame:
     import ray
 
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    from serving.runtime import detach_secrets, init_ray
+
+    # joins RAY_ADDRESS, else a local cluster on loopback with token authentication
+    init_ray(settings, log_to_driver=False, configure_logging=False)
     task = ray.remote(num_cpus=1)(_chunk_task)
+    # task arguments are kept by Ray: the settings go without their secrets
+    task_settings = detach_secrets(settings) if settings is not None else None
     names = list(series)
     chunks = [
         {n: np.asarray(series[n]) for n in names[i : i + config.ray_chunk]}
         for i in range(0, len(names), config.ray_chunk)
     ]
     config_dict = asdict(config)
-    pending = [task.remote(chunk, refs, config_dict, settings) for chunk in chunks]
+    pending = [task.remote(chunk, refs, config_dict, task_settings) for chunk in chunks]
     frames = []
     from tqdm import tqdm
 

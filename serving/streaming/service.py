@@ -244,7 +244,9 @@ class ForecasterService:
             self._consumer = make_consumer(self.settings.kafka, self.cfg.group_id)
         self._subscribe()
         if self.cfg.metrics_port:
-            self._observability = ObservabilityServer(self.cfg.metrics_port, self.health).start()
+            self._observability = ObservabilityServer(
+                self.cfg.metrics_port, self.health, host=self.settings.metrics_host
+            ).start()
         self._started = True
         log.info(
             "forecaster started: group %s, %s -> %s, %d tickers warm",
