@@ -7,11 +7,12 @@ STAMP := $(VENV)/.tickcast-installed
 
 .PHONY: setup up down status test test-unit test-integration test-e2e lint typecheck bench clean-state
 
-## setup: create .venv, install tickcast with every extra, Kafka jars, MinIO, Chromium (idempotent)
+## setup: create .venv, install tickcast with every extra, Kafka jars, MinIO, Chromium, the Go tools (idempotent)
 setup: $(STAMP)
 	@bash scripts/install-system-deps.sh
 	@$(BIN)/tickcast infra install
 	@bash scripts/setup-chart-tools.sh
+	@bash scripts/build-go-tools.sh
 	@bash pulumi/setup.sh
 
 # pip prints each package as it goes (no -q): the first install downloads torch, Ray and the

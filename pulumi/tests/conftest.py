@@ -117,6 +117,8 @@ class RecordingMocks(pulumi.runtime.Mocks):
             }
         elif typ == "kubernetes:core/v1:Secret":
             outputs["metadata"] = {**inputs.get("metadata", {}), "resourceVersion": "4711"}
+        elif typ == "aws:ec2/launchTemplate:LaunchTemplate":
+            outputs.update(latestVersion=1, arn=self._arn("ec2", f"launch-template/lt-{name}"))
         elif typ == "docker-build:index:Image":
             outputs["digest"] = f"sha256:{name.encode().hex():0<64}"[:71]
         elif typ == "aws:sqs/queue:Queue":
@@ -283,7 +285,7 @@ def run_program(stack: str, config: dict[str, Any]) -> Deployment:
     mocks = RecordingMocks(region)
     install_mocks(mocks, stack)
     raw = {key: value if isinstance(value, str) else json.dumps(value) for key, value in config.items()}
-    secret_keys = [key for key in raw if key == "tickcast:polygonApiKey"]
+    secret_keys = [key for key in raw if key in SECRET_KEYS]
     pulumi.runtime.set_all_config(raw, secret_keys)
 
     result: dict[str, Any] = {}
@@ -303,8 +305,20 @@ def run_program(stack: str, config: dict[str, Any]) -> Deployment:
     return Deployment(stack, config, mocks.joined(), result["outputs"], result["secret"])
 
 
+SECRET_KEYS = ("tickcast:polygonApiKey", "tickcast:dashboardOidcClientSecret")
+"""Config keys set with `pulumi config set --secret`."""
+OPERATOR_ENDPOINT_CIDRS = ["198.18.7.0/24"]
+"""The public API endpoint's CIDRs an operator names before the first `pulumi up` (the stack files
+cannot: the program refuses documentation ranges and has no 0.0.0.0/0 default)."""
+
+
 def with_secret(config: dict[str, Any]) -> dict[str, Any]:
-    return {**config, "tickcast:polygonApiKey": POLYGON_TEST_KEY}
+    """A stack file's config plus what its operator sets before the first `pulumi up`: the Polygon
+    key and, unless the stack keeps its API private, the CIDRs that may reach the API endpoint."""
+    operator: dict[str, Any] = {"tickcast:polygonApiKey": POLYGON_TEST_KEY}
+    if config.get("tickcast:endpointPublicAccess", True) not in (False, "false"):
+        operator["tickcast:endpointPublicAccessCidrs"] = OPERATOR_ENDPOINT_CIDRS
+    return {**operator, **config}
 
 
 @pytest.fixture(scope="session")
@@ -317,13 +331,24 @@ def prod() -> Deployment:
     return run_program("prod", with_secret(stack_file_config("prod")))
 
 
+DASHBOARD_OIDC = {
+    "tickcast:dashboardOidcIssuer": "https://login.acme-trading.net/oauth2/default",
+    "tickcast:dashboardOidcAuthorizationEndpoint": "https://login.acme-trading.net/oauth2/default/v1/authorize",
+    "tickcast:dashboardOidcTokenEndpoint": "https://login.acme-trading.net/oauth2/default/v1/token",
+    "tickcast:dashboardOidcUserInfoEndpoint": "https://login.acme-trading.net/oauth2/default/v1/userinfo",
+    "tickcast:dashboardOidcClientId": "0oa1tickcastdashboard",
+    "tickcast:dashboardOidcClientSecret": "oidc-client-secret-not-real",
+}
+"""An OIDC client for the dashboard's load balancer sign-in."""
 NAMED_PROD = {
     "tickcast:endpointPublicAccessCidrs": ["198.18.7.0/24"],
+    "tickcast:dashboardScheme": "internal",
     "tickcast:dashboardHost": "tickcast.markets.acme-trading.net",
     "tickcast:dashboardHostedZoneId": "Z04417372EXAMPLEZONE",
     "tickcast:dashboardCertificateArn": (
         "arn:aws:acm:us-east-1:210987654321:certificate/3f1c2b8e-5d4a-4c1e-9a7b-2e6f0d9c8b71"
     ),
+    **DASHBOARD_OIDC,
 }
 """What an operator sets on prod before the first `pulumi up` (Pulumi.prod.yaml's comments)."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import runpy
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,18 +14,30 @@ import pytest
 import yaml
 
 from conftest import (
+    NAMED_PROD,
     PULUMI_DIR,
     Deployment,
     RecordingMocks,
     install_mocks,
+    is_secret_value,
+    plain_strings,
     run_program,
     stack_file_config,
+    unwrap,
     with_secret,
 )
-from tickcast_infra.app import CHART_COMPONENTS, ChartInputs, DashboardIngress, _ingress_url, chart_values
+from tickcast_infra.app import (
+    CHART_COMPONENTS,
+    DASHBOARD_OIDC_SECRET,
+    RAY_AUTH_SECRET,
+    SERVING_TOKEN_SECRET,
+    ChartInputs,
+    DashboardIngress,
+    _ingress_url,
+    chart_values,
+)
 from tickcast_infra.chart_names import (
     CHART_WORKLOADS,
-    DASHBOARD_INGRESS_NAME,
     RELEASE_NAME,
     SERVE_SERVICE_NAME,
     service_account_name,
@@ -116,19 +129,47 @@ def test_network_policy_knows_where_kuberay_runs(deployment: Deployment) -> None
     assert _values(deployment)["networkPolicy"]["kuberayOperatorNamespace"] == kuberay
 
 
-def test_dashboard_ingress_and_url(dev: Deployment, prod: Deployment) -> None:
-    dev_ingress = _values(dev)["dashboard"]["ingress"]
-    assert dev_ingress["scheme"] == "internet-facing"
-    assert dev_ingress["annotations"] == {"alb.ingress.kubernetes.io/inbound-cidrs": "0.0.0.0/0"}
-    read = dev.one("kubernetes:networking.k8s.io/v1:Ingress")
-    assert read.read and read.name == DASHBOARD_INGRESS_NAME == "tickcast-dashboard"
-    assert dev.outputs["dashboardUrl"] == "http://k8s-tickcast-dashboard-1234.elb.amazonaws.com"
+def test_the_dashboard_is_cluster_internal_by_default(dev: Deployment, prod: Deployment) -> None:
+    """Neither shipped stack exposes the dashboard: no Ingress, no load balancer, a ClusterIP."""
+    for deployment in (dev, prod):
+        assert _values(deployment)["dashboard"]["ingress"] == {"enabled": False}
+        assert not deployment.of_type("kubernetes:networking.k8s.io/v1:Ingress")
+        assert "port-forward svc/tickcast-dashboard" in deployment.outputs["dashboardUrl"]
+        assert not [s for s in deployment.of_type("kubernetes:core/v1:Secret") if s.name.endswith("dashboard-oidc")]
 
-    prod_ingress = _values(prod)["dashboard"]["ingress"]
-    assert prod_ingress["scheme"] == "internal" and prod_ingress["annotations"] == {}
-    # no placeholder host or certificate ships in Pulumi.prod.yaml: the load balancer's own name
-    assert prod_ingress["host"] == "" and prod_ingress["certificateArn"] == ""
-    assert prod.outputs["dashboardUrl"].startswith("http://")
+
+def test_an_exposed_dashboard_is_https_only_with_oidc_sign_in(named_prod: Deployment) -> None:
+    ingress = _values(named_prod)["dashboard"]["ingress"]
+    config = named_prod.config
+    assert ingress["enabled"] is True and ingress["scheme"] == "internal"
+    assert ingress["certificateArn"] == config["tickcast:dashboardCertificateArn"]
+    assert ingress["oidc"] == {
+        "issuer": config["tickcast:dashboardOidcIssuer"],
+        "authorizationEndpoint": config["tickcast:dashboardOidcAuthorizationEndpoint"],
+        "tokenEndpoint": config["tickcast:dashboardOidcTokenEndpoint"],
+        "userInfoEndpoint": config["tickcast:dashboardOidcUserInfoEndpoint"],
+        "secretName": DASHBOARD_OIDC_SECRET,
+    }
+    assert ingress["inboundCidrs"] == [], "internal: the VPC; only internet-facing names CIDRs"
+    # the OIDC client reaches the load balancer controller as a Secret; its secret stays a secret
+    client = named_prod.one("kubernetes:core/v1:Secret", "tickcast-dashboard-oidc")
+    assert client.inputs["metadata"]["name"] == DASHBOARD_OIDC_SECRET
+    assert is_secret_value(client.inputs["stringData"])
+    assert unwrap(client.inputs["stringData"]) == {
+        "clientID": config["tickcast:dashboardOidcClientId"],
+        "clientSecret": config["tickcast:dashboardOidcClientSecret"],
+    }
+    assert config["tickcast:dashboardOidcClientSecret"] not in plain_strings(client.inputs)
+    release = named_prod.one("kubernetes:helm.sh/v3:Release", "tickcast")
+    assert client.urn in named_prod.waits_for(release)
+
+
+def test_an_internet_facing_dashboard_admits_only_the_named_cidrs() -> None:
+    config = with_secret({**stack_file_config("prod"), **NAMED_PROD})
+    config["tickcast:dashboardScheme"] = "internet-facing"
+    config["tickcast:dashboardAllowedCidrs"] = ["198.18.40.0/24"]
+    ingress = _values(run_program("public-dashboard", config))["dashboard"]["ingress"]
+    assert ingress["scheme"] == "internet-facing" and ingress["inboundCidrs"] == ["198.18.40.0/24"]
 
 
 def test_a_hosted_zone_gets_the_dashboard_a_dns_record_through_external_dns(named_prod: Deployment) -> None:
@@ -214,7 +255,7 @@ def test_chart_values_is_a_pure_function_of_its_inputs() -> None:
         gpu_min_replicas=0,
         gpu_replicas=1,
         gpu_max_replicas=2,
-        dashboard=DashboardIngress(scheme="internal"),
+        dashboard=DashboardIngress(),
     )
     values = chart_values(inputs)
     assert values["jobs"] == {"serviceAccount": {"create": True, "name": "tickcast-batch", "roleArn": "arn:role/batch"}}
@@ -225,7 +266,10 @@ def test_chart_values_is_a_pure_function_of_its_inputs() -> None:
         "image": {"repository": "registry/consumer"},
     }
     assert values["config"]["kafka"]["retention_hours"] == 24
+    assert values["dashboard"]["ingress"] == {"enabled": False}
     assert chart_values(inputs) == values
+    with pytest.raises(ValueError, match="certificate ARN and OIDC"):
+        chart_values(replace(inputs, dashboard=DashboardIngress(scheme="internal")))
 
 
 def _leaf_paths(values: dict, prefix: str = "") -> list[str]:
@@ -287,6 +331,16 @@ def _whole_numbers(value: object) -> object:
 
 @pytest.mark.skipif(not CHART_SCHEMA.exists(), reason="helm/tickcast/values.schema.json is not in this checkout")
 def test_values_pulumi_passes_satisfy_the_chart_schema(deployment: Deployment) -> None:
+    _assert_schema_valid(deployment)
+
+
+@pytest.mark.skipif(not CHART_SCHEMA.exists(), reason="helm/tickcast/values.schema.json is not in this checkout")
+def test_values_of_an_exposed_dashboard_satisfy_the_chart_schema(named_prod: Deployment) -> None:
+    """The schema refuses an exposed dashboard without TLS and OIDC: Pulumi's values carry both."""
+    _assert_schema_valid(named_prod)
+
+
+def _assert_schema_valid(deployment: Deployment) -> None:
     ours = _whole_numbers(_values(deployment))
     merged = _merge(yaml.safe_load(CHART_VALUES.read_text()), ours)
     validator = jsonschema.Draft7Validator(json.loads(CHART_SCHEMA.read_text()))
@@ -317,3 +371,63 @@ def test_main_program_runs_and_exports_the_outputs(monkeypatch: pytest.MonkeyPat
 
     program()
     assert {"kubeconfig", "dashboardUrl", "serveEndpoint", "bucketName", "bootstrapServers"} <= set(exported)
+
+
+# --------------------------------------------------------------------------------------------
+# Locked down: Pod Security, the forecast API's token, Ray's token
+
+
+def test_namespace_enforces_the_restricted_pod_security_profile(deployment: Deployment) -> None:
+    """Every pod in the namespace must pass ``restricted`` (tests/helm/test_pod_security.py runs the
+    real admission checks over the chart's pods): enforced at the cluster's policy version, warned
+    and audited at the latest."""
+    labels = deployment.one("kubernetes:core/v1:Namespace").inputs["metadata"]["labels"]
+    assert labels == {
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": "v1.35",
+        "pod-security.kubernetes.io/warn": "restricted",
+        "pod-security.kubernetes.io/warn-version": "latest",
+        "pod-security.kubernetes.io/audit": "restricted",
+        "pod-security.kubernetes.io/audit-version": "latest",
+    }
+
+
+@pytest.mark.parametrize(
+    ("resource", "secret_name", "key"),
+    [
+        ("tickcast-serving-token", SERVING_TOKEN_SECRET, "TICKCAST_SERVING__AUTH_TOKEN"),
+        ("tickcast-ray-auth", RAY_AUTH_SECRET, "auth_token"),
+    ],
+)
+def test_tokens_are_generated_into_secrets_once_and_kept(
+    deployment: Deployment, resource: str, secret_name: str, key: str
+) -> None:
+    """The forecast API's bearer token and the Ray cluster token: random, secret in the state,
+    created before the release, and never regenerated by a later `pulumi up` (ignore_changes)."""
+    secret = deployment.one("kubernetes:core/v1:Secret", resource)
+    assert secret.inputs["metadata"] == {"name": secret_name, "namespace": "tickcast"}
+    assert is_secret_value(secret.inputs["stringData"]), "the token must be a Pulumi secret"
+    assert not plain_strings(secret.inputs["stringData"])
+    (token,) = unwrap(secret.inputs["stringData"]).values()
+    assert list(unwrap(secret.inputs["stringData"])) == [key] and len(token) >= 43
+    assert set(secret.ignore_changes) == {"stringData", "data"}
+    assert secret.urn in deployment.waits_for(deployment.one("kubernetes:helm.sh/v3:Release", "tickcast"))
+
+
+def test_tokens_differ_between_the_api_and_ray(dev: Deployment) -> None:
+    tokens = {
+        unwrap(dev.one("kubernetes:core/v1:Secret", name).inputs["stringData"])[key]
+        for name, key in (
+            ("tickcast-serving-token", "TICKCAST_SERVING__AUTH_TOKEN"),
+            ("tickcast-ray-auth", "auth_token"),
+        )
+    }
+    assert len(tokens) == 2
+
+
+def test_the_chart_requires_the_api_token_and_ray_auth_from_those_secrets(deployment: Deployment) -> None:
+    """Serve, the forecaster and the dashboard read the API token from one Secret; KubeRay hands
+    the Ray token to every Ray container from the other."""
+    values = _values(deployment)
+    assert values["servingAuth"] == {"required": True, "secretName": SERVING_TOKEN_SECRET}
+    assert values["rayService"]["auth"] == {"enabled": True, "secretName": RAY_AUTH_SECRET}

@@ -93,7 +93,13 @@ def test_node_classes_use_the_private_subnets_the_cluster_security_group_and_the
         assert sorted(t["id"] for t in spec["subnetSelectorTerms"]) == private
         assert spec["securityGroupSelectorTerms"] == [{"id": "sg-0eksclusterprimary"}]
         assert spec["role"] == role.outputs["name"]
-        assert spec["metadataOptions"]["httpTokens"] == "required"
+        # IMDSv2 only, hop limit 1: pods never reach the node role's credentials
+        assert spec["metadataOptions"] == {
+            "httpEndpoint": "enabled",
+            "httpProtocolIPv6": "disabled",
+            "httpTokens": "required",
+            "httpPutResponseHopLimit": 1,
+        }
     entry = deployment.one("aws:eks/accessEntry:AccessEntry", "karpenter-node").inputs
     assert entry["type"] == "EC2_LINUX" and entry["principalArn"] == role.outputs["arn"]
 

@@ -64,8 +64,8 @@ def test_control_plane_logs_have_a_retention_and_exist_before_the_cluster(deploy
 
 def test_coredns_and_metrics_server_are_managed_addons_after_the_cpu_nodes(deployment: Deployment) -> None:
     addons = {a.inputs["addonName"]: a for a in deployment.of_type("aws:eks/addon:Addon")}
-    assert set(addons) == {"coredns", "metrics-server"}
-    for addon in addons.values():
+    assert set(addons) == {"coredns", "metrics-server", "vpc-cni"}  # vpc-cni: before the nodes, below
+    for addon in (addons["coredns"], addons["metrics-server"]):
         assert addon.inputs["clusterName"] == f"tickcast-{deployment.stack}"
         assert _group(deployment).urn in addon.dependencies
     # pulumi_eks's own CoreDNS (created before any node) is off
@@ -79,7 +79,10 @@ def test_cluster_has_oidc_api_access_encryption_and_logs(deployment: Deployment)
     assert cluster["endpointPrivateAccess"] is True
     assert cluster["encryptionConfigKeyArn"] == deployment.one("aws:kms/key:Key", "cluster-secrets").outputs["arn"]
     assert {"api", "audit", "authenticator"} <= set(cluster["enabledClusterLogTypes"])
-    assert cluster["publicAccessCidrs"] == deployment.config.get("tickcast:endpointPublicAccessCidrs", ["0.0.0.0/0"])
+    # public only for the CIDRs the operator named (conftest.with_secret): there is no default
+    assert cluster["endpointPublicAccess"] is True
+    assert cluster["publicAccessCidrs"] == deployment.config["tickcast:endpointPublicAccessCidrs"]
+    assert "0.0.0.0/0" not in cluster["publicAccessCidrs"]
     assert cluster["name"] == f"tickcast-{deployment.stack}"
 
 
@@ -94,14 +97,67 @@ def test_admin_roles_get_cluster_admin_access_entries() -> None:
     assert policy["policyArn"].endswith("/AmazonEKSClusterAdminPolicy")
 
 
-def test_node_role_has_only_the_node_policies(deployment: Deployment) -> None:
-    attached = {a.inputs["policyArn"] for a in deployment.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")}
-    assert attached == {
-        "arn:aws:iam::aws:policy/AmazonEKSWorkerNodePolicy",
-        "arn:aws:iam::aws:policy/AmazonEKS_CNI_Policy",
-        "arn:aws:iam::aws:policy/AmazonEC2ContainerRegistryReadOnly",
-        "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore",
+NODE_ROLE_POLICIES = {
+    "arn:aws:iam::aws:policy/AmazonEKSWorkerNodePolicy",
+    "arn:aws:iam::aws:policy/AmazonEC2ContainerRegistryReadOnly",
+    "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore",
+}
+CNI_POLICY = "arn:aws:iam::aws:policy/AmazonEKS_CNI_Policy"
+
+
+def _attachments(deployment: Deployment) -> dict[str, set[str]]:
+    """Role name (as the attachment refers to it) -> managed policies attached to it."""
+    roles: dict[str, set[str]] = {}
+    for a in deployment.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment"):
+        roles.setdefault(a.inputs["role"], set()).add(a.inputs["policyArn"])
+    return roles
+
+
+def test_node_roles_have_only_the_node_policies_and_not_the_cni_one(deployment: Deployment) -> None:
+    """The CNI policy (rewrite any ENI in the VPC) is the VPC CNI's own IRSA role's, not the nodes'."""
+    roles = _attachments(deployment)
+    for node_role in (f"tickcast-{deployment.stack}-node", f"tickcast-{deployment.stack}-karpenter-node"):
+        assert roles[node_role] == NODE_ROLE_POLICIES, node_role
+    holders = [role for role, policies in roles.items() if CNI_POLICY in policies]
+    assert holders == [f"tickcast-{deployment.stack}-vpc-cni"]
+
+
+def test_vpc_cni_is_a_managed_addon_with_its_own_irsa_role_and_network_policy_on(deployment: Deployment) -> None:
+    """NetworkPolicies are enforced: the VPC CNI's network policy agent is on. The add-on exists
+    before the first node, and its role trusts kube-system/aws-node only."""
+    import json
+
+    cluster = deployment.one("eks:index:Cluster").inputs
+    assert cluster["useDefaultVpcCni"] is True, "pulumi_eks must not install a second VPC CNI"
+    addon = deployment.one("aws:eks/addon:Addon", "cluster-vpc-cni")
+    assert addon.inputs["addonName"] == "vpc-cni"
+    assert json.loads(addon.inputs["configurationValues"]) == {"enableNetworkPolicy": "true"}
+    role = deployment.one("aws:iam/role:Role", "vpc-cni")
+    assert addon.inputs["serviceAccountRoleArn"] == role.outputs["arn"]
+    (statement,) = json.loads(role.inputs["assumeRolePolicy"])["Statement"]
+    subjects = [v for k, v in statement["Condition"]["StringEquals"].items() if k.endswith(":sub")]
+    assert subjects == ["system:serviceaccount:kube-system:aws-node"]
+    assert addon.urn in _group(deployment).dependencies, "nodes join once the CNI add-on is in place"
+
+
+def test_cpu_nodes_require_imdsv2_with_hop_limit_1_through_a_launch_template(deployment: Deployment) -> None:
+    """A pod cannot reach the instance metadata service (one hop more than the node), so it never
+    gets the node role's credentials; IMDSv1 is off."""
+    group = _group(deployment).inputs
+    template = deployment.one("aws:ec2/launchTemplate:LaunchTemplate", "cluster-cpu")
+    assert group["launchTemplate"] == {"id": f"{template.name}-id", "version": "1"}
+    assert "diskSize" not in group, "with a launch template the disk comes from it"
+    metadata = template.inputs["metadataOptions"]
+    assert metadata == {
+        "httpEndpoint": "enabled",
+        "httpTokens": "required",
+        "httpPutResponseHopLimit": 1,
+        "instanceMetadataTags": "disabled",
     }
+    (disk,) = template.inputs["blockDeviceMappings"]
+    assert disk["ebs"]["encrypted"] == "true" and disk["ebs"]["volumeSize"] == 50
+    # every node group has one (Karpenter's nodes: tests/test_autoscaling.py)
+    assert all(g.inputs.get("launchTemplate") for g in deployment.of_type(NODE_GROUP))
 
 
 def test_device_plugin_runs_on_gpu_nodes_only(deployment: Deployment) -> None:

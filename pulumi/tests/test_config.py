@@ -7,7 +7,15 @@ import re
 import pytest
 import yaml
 
-from conftest import PULUMI_DIR, run_program, stack_file_config, with_secret
+from conftest import (
+    DASHBOARD_OIDC,
+    POLYGON_TEST_KEY,
+    PULUMI_DIR,
+    SECRET_KEYS,
+    run_program,
+    stack_file_config,
+    with_secret,
+)
 from tickcast_infra.config import KEYS, KEYS_BY_NAME, reference_markdown
 
 README = PULUMI_DIR / "README.md"
@@ -95,6 +103,13 @@ def test_bad_values_are_refused_with_the_key_named(key: str, value: object, mess
 
 
 CERT = "arn:aws:acm:us-east-1:210987654321:certificate/3f1c2b8e-5d4a-4c1e-9a7b-2e6f0d9c8b71"
+EXPOSED = {
+    "tickcast:dashboardScheme": "internal",
+    "tickcast:dashboardHost": "tickcast.markets.acme-trading.net",
+    "tickcast:dashboardCertificateArn": CERT,
+    **DASHBOARD_OIDC,
+}
+"""A dashboard exposed on an internal ALB with everything it needs (TLS and OIDC sign-in)."""
 
 
 @pytest.mark.parametrize(
@@ -103,9 +118,38 @@ CERT = "arn:aws:acm:us-east-1:210987654321:certificate/3f1c2b8e-5d4a-4c1e-9a7b-2
         ({"tickcast:endpointPublicAccessCidrs": ["203.0.113.0/24"]}, "documentation-only range"),
         ({"tickcast:endpointPublicAccessCidrs": ["198.51.100.7/32"]}, "<your address>/32"),
         ({"tickcast:endpointPublicAccessCidrs": ["2001:db8::/48"]}, "documentation-only range"),
-        ({"tickcast:endpointPublicAccessCidrs": []}, "nobody could connect"),
+        (
+            {"tickcast:endpointPublicAccessCidrs": []},
+            "tickcast:endpointPublicAccessCidrs is required while tickcast:endpointPublicAccess is true",
+        ),
+        ({"tickcast:endpointPublicAccess": False}, "is set but tickcast:endpointPublicAccess is false"),
+        (
+            {"tickcast:dashboardScheme": "internal"},
+            "missing: tickcast:dashboardHost, tickcast:dashboardCertificateArn, tickcast:dashboardOidcIssuer",
+        ),
+        (
+            {**EXPOSED, "tickcast:dashboardCertificateArn": ""},
+            "needs HTTPS and OIDC sign-in at the load balancer; missing: tickcast:dashboardCertificateArn.",
+        ),
+        ({**EXPOSED, "tickcast:dashboardOidcClientId": ""}, "missing: tickcast:dashboardOidcClientId."),
+        (
+            {**EXPOSED, "tickcast:dashboardScheme": "internet-facing"},
+            "tickcast:dashboardAllowedCidrs is required with tickcast:dashboardScheme internet-facing",
+        ),
+        ({**EXPOSED, "tickcast:dashboardOidcIssuer": "http://login.acme-trading.net"}, "must be an https:// URL"),
+        (
+            {**EXPOSED, "tickcast:dashboardOidcTokenEndpoint": "https://idp.example.com/token"},
+            "reserved example domain",
+        ),
         ({"tickcast:endpointPublicAccessCidrs": ["10.0.0.300/8"]}, "not a CIDR"),
-        ({"tickcast:dashboardAllowedCidrs": ["192.0.2.0/24"]}, "dashboardAllowedCidrs has 192.0.2.0/24"),
+        (
+            {
+                **EXPOSED,
+                "tickcast:dashboardScheme": "internet-facing",
+                "tickcast:dashboardAllowedCidrs": ["192.0.2.0/24"],
+            },
+            "dashboardAllowedCidrs has 192.0.2.0/24",
+        ),
         ({"tickcast:dashboardHost": "tickcast.example.com"}, "reserved example name"),
         ({"tickcast:dashboardHost": "dash.test"}, "reserved example name"),
         ({"tickcast:dashboardHost": "not a host"}, "is not a DNS name"),
@@ -159,7 +203,7 @@ def test_placeholders_and_unreachable_settings_are_refused_before_anything_is_cr
     import pulumi
 
     raw = {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
-    pulumi.runtime.set_all_config(raw, ["tickcast:polygonApiKey"])
+    pulumi.runtime.set_all_config(raw, [k for k in raw if k in SECRET_KEYS])
     with pytest.raises(config_module.ConfigError, match=re.escape(message)):
         config_module.load()
     assert mocks.resources == [], "nothing may be created before the config is checked"
@@ -178,3 +222,43 @@ def test_stack_files_ship_no_placeholders() -> None:
 
 def test_an_operator_configured_prod_stack_is_accepted(named_prod: object) -> None:
     assert named_prod is not None
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_a_stack_that_names_no_api_cidrs_is_refused_naming_the_key(stack: str) -> None:
+    """No 0.0.0.0/0 default for the public Kubernetes API: the shipped stack files, as they are,
+    stop before anything is created and say which key to set."""
+    config = {**stack_file_config(stack), "tickcast:polygonApiKey": POLYGON_TEST_KEY}
+    assert "tickcast:endpointPublicAccessCidrs" not in config
+    with pytest.raises(Exception, match=re.escape("pulumi config set --path 'tickcast:endpointPublicAccessCidrs[0]'")):
+        run_program(f"{stack}-no-cidrs", config)
+
+
+def test_an_exposed_dashboard_without_its_oidc_client_secret_is_refused() -> None:
+    config = {**with_secret(stack_file_config("dev")), **DASHBOARD_OIDC}
+    config.update(
+        {
+            "tickcast:dashboardScheme": "internal",
+            "tickcast:dashboardHost": "tickcast.markets.acme-trading.net",
+            "tickcast:dashboardCertificateArn": CERT,
+        }
+    )
+    del config["tickcast:dashboardOidcClientSecret"]
+    with pytest.raises(Exception, match=re.escape("missing: tickcast:dashboardOidcClientSecret (--secret)")):
+        run_program("no-oidc-secret", config)
+
+
+def test_no_key_defaults_to_the_whole_internet() -> None:
+    """Neither the API endpoint nor the dashboard has a 0.0.0.0/0 (or ::/0) default."""
+    for key in KEYS:
+        if key.kind == "list":
+            assert not any(str(v).endswith("/0") for v in key.default), key.name
+    assert KEYS_BY_NAME["tickcast:dashboardScheme"].default == "none"
+
+
+def test_a_private_api_endpoint_needs_no_cidrs() -> None:
+    config = with_secret({**stack_file_config("dev"), "tickcast:endpointPublicAccess": False})
+    assert "tickcast:endpointPublicAccessCidrs" not in config
+    cluster = run_program("private-api", config).one("eks:index:Cluster").inputs
+    assert cluster["endpointPublicAccess"] is False and cluster["endpointPrivateAccess"] is True
+    assert not cluster.get("publicAccessCidrs")

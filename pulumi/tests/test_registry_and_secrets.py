@@ -26,14 +26,14 @@ def test_polygon_key_has_one_path_the_kubernetes_secret(deployment: Deployment) 
 
 def test_a_rotated_key_rolls_the_producer(deployment: Deployment) -> None:
     """The producer's pod annotation is the Secret's resourceVersion: a new key, a new rollout."""
-    secret = deployment.one("kubernetes:core/v1:Secret")
+    secret = deployment.one("kubernetes:core/v1:Secret", "tickcast-secrets")
     values = deployment.one("kubernetes:helm.sh/v3:Release", "tickcast").inputs["values"]
     version = values["producer"]["podAnnotations"]["tickcast.io/secret-version"]
     assert version == secret.outputs["metadata"]["resourceVersion"] == "4711"
 
 
 def test_polygon_key_reaches_the_chart_only_through_a_secret(deployment: Deployment) -> None:
-    k8s_secret = deployment.one("kubernetes:core/v1:Secret").inputs
+    k8s_secret = deployment.one("kubernetes:core/v1:Secret", "tickcast-secrets").inputs
     assert is_secret_value(k8s_secret["stringData"])
     assert unwrap(k8s_secret["stringData"]) == {"TICKCAST_POLYGON__API_KEY": POLYGON_TEST_KEY}
     values = deployment.one("kubernetes:helm.sh/v3:Release", "tickcast").inputs["values"]

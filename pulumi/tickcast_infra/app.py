@@ -20,10 +20,18 @@ key                                                from
 ``rayService.head.nodeSelector``                   the CPU pool
 ``rayService.workerGroup.{replicas,minReplicas,maxReplicas,nodeSelector,tolerations}``
                                                    the GPU node group's size, label and taint
-``dashboard.ingress.{enabled,className,scheme,host,certificateArn,annotations}``
-                                                   ``tickcast:dashboard*``
+``dashboard.ingress.{enabled,className,scheme,host,certificateArn,inboundCidrs,oidc}``
+                                                   ``tickcast:dashboard*`` (off unless exposed:
+                                                   then HTTPS and OIDC sign-in)
+``servingAuth.{required,secretName}``              the forecast API's bearer token, generated
+                                                   here into :data:`SERVING_TOKEN_SECRET`
+``rayService.auth.{enabled,secretName}``           Ray token auth, the token generated here into
+                                                   :data:`RAY_AUTH_SECRET`
 ``networkPolicy.kuberayOperatorNamespace``         where the KubeRay operator is installed
 ================================================  ==============================================
+
+The namespace enforces the ``restricted`` Pod Security Standard (labels
+:func:`pod_security_labels`); tests/helm's psa-check proves every pod the chart renders passes.
 
 Components and the workload (IAM role, service account) each runs as: producer, consumer,
 forecaster, dashboard, rayService (role ``serving``), jobs (Ray batch jobs, role ``batch``) and
@@ -35,6 +43,7 @@ against what the chart renders.
 
 from __future__ import annotations
 
+import secrets as token_source
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -60,6 +69,19 @@ POLYGON_API_KEY_VARIABLE = "TICKCAST_POLYGON__API_KEY"
 SECRET_VERSION_ANNOTATION = "tickcast.io/secret-version"
 """Producer pod annotation holding the Secret's resourceVersion: a new key rolls the producer."""
 RELEASE_TIMEOUT_S = 1200
+SERVING_TOKEN_SECRET = "tickcast-serving-token"
+"""Secret holding the forecast API's bearer token (``TICKCAST_SERVING__AUTH_TOKEN``), which Serve,
+the forecaster and the dashboard read (the chart's ``servingAuth.secretName``)."""
+SERVING_TOKEN_VARIABLE = "TICKCAST_SERVING__AUTH_TOKEN"
+RAY_AUTH_SECRET = "tickcast-ray-auth"
+"""Secret holding the Ray cluster token under ``auth_token`` (KubeRay ``authOptions.secretName``)."""
+RAY_AUTH_TOKEN_KEY = "auth_token"
+"""The key KubeRay reads a Ray token from (its RAY_AUTH_TOKEN_SECRET_KEY)."""
+DASHBOARD_OIDC_SECRET = "tickcast-dashboard-oidc"
+"""Secret with the dashboard's OIDC client (keys ``clientID``, ``clientSecret``), read by the AWS
+load balancer controller for the ALB's sign-in."""
+GENERATED_TOKEN_BYTES = 32
+"""Randomness of each generated token: 32 bytes, 43 URL-safe characters."""
 
 # Chart section -> its image: the jobs run the serving image, set by rayService.image; the lake
 # maintenance CronJobs run `tickcast lake optimize|vacuum` from the slim consumer image.
@@ -78,26 +100,67 @@ CHART_COMPONENTS: dict[str, tuple[str | None, str]] = {
 }
 
 
+def pod_security_labels(kubernetes_version: str) -> dict[str, str]:
+    """The namespace's Pod Security admission labels: ``restricted`` enforced at the cluster's
+    own policy version (a later EKS upgrade does not start refusing pods by surprise), and
+    warned and audited at the latest version, so a check a newer Kubernetes adds shows up first
+    as a warning."""
+    return {
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": f"v{kubernetes_version}",
+        "pod-security.kubernetes.io/warn": "restricted",
+        "pod-security.kubernetes.io/warn-version": "latest",
+        "pod-security.kubernetes.io/audit": "restricted",
+        "pod-security.kubernetes.io/audit-version": "latest",
+    }
+
+
+@dataclass(frozen=True)
+class DashboardOidc:
+    """The OIDC provider the dashboard's load balancer signs users in with."""
+
+    issuer: str
+    authorization_endpoint: str
+    token_endpoint: str
+    user_info_endpoint: str
+    client_id: str
+
+
 @dataclass(frozen=True)
 class DashboardIngress:
-    """How the dashboard is exposed through the AWS load balancer controller."""
+    """How the dashboard is exposed: ``none`` (cluster-internal, the default) or through an ALB
+    (``internal`` or ``internet-facing``) that serves HTTPS only and signs users in with OIDC."""
 
-    scheme: str = "internal"
-    allowed_cidrs: Sequence[str] = ("0.0.0.0/0",)
+    scheme: str = "none"
+    allowed_cidrs: Sequence[str] = ()
     host: str = ""
     certificate_arn: str = ""
+    oidc: DashboardOidc | None = None
+
+    @property
+    def exposed(self) -> bool:
+        return self.scheme != "none"
 
     def values(self) -> dict[str, Any]:
-        annotations = {}
-        if self.scheme == "internet-facing":
-            annotations["alb.ingress.kubernetes.io/inbound-cidrs"] = ",".join(self.allowed_cidrs)
+        if not self.exposed:
+            return {"enabled": False}
+        if not (self.certificate_arn and self.oidc):
+            raise ValueError("an exposed dashboard needs a certificate ARN and OIDC sign-in (config.py checks both)")
         return {
             "enabled": True,
             "className": "alb",
             "scheme": self.scheme,
             "host": self.host,
             "certificateArn": self.certificate_arn,
-            "annotations": annotations,
+            "inboundCidrs": list(self.allowed_cidrs) if self.scheme == "internet-facing" else [],
+            "oidc": {
+                "issuer": self.oidc.issuer,
+                "authorizationEndpoint": self.oidc.authorization_endpoint,
+                "tokenEndpoint": self.oidc.token_endpoint,
+                "userInfoEndpoint": self.oidc.user_info_endpoint,
+                "secretName": DASHBOARD_OIDC_SECRET,
+            },
+            "annotations": {},
         }
 
 
@@ -158,6 +221,8 @@ def chart_values(inputs: ChartInputs) -> dict[str, Any]:
         "serving": {"min_replicas": inputs.gpu_min_replicas, "max_replicas": inputs.gpu_max_replicas},
     }
     values["secrets"] = {"existingSecret": SECRETS_NAME}
+    values["servingAuth"] = {"required": True, "secretName": SERVING_TOKEN_SECRET}
+    values["rayService"]["auth"] = {"enabled": True, "secretName": RAY_AUTH_SECRET}
     values["rayService"]["head"] = {"nodeSelector": dict(CPU_LABELS)}
     values["rayService"]["workerGroup"] = {
         "replicas": inputs.gpu_replicas,
@@ -198,6 +263,10 @@ class AppArgs:
     polygon_api_key: pulumi.Input[str]
     provider: k8s.Provider
     depends_on: Sequence[pulumi.Resource]
+    kubernetes_version: str
+    """The cluster's version: the Pod Security policy version the namespace enforces."""
+    dashboard_oidc_client_secret: pulumi.Input[str] | None = None
+    """The OIDC client's secret (``tickcast:dashboardOidcClientSecret``) of an exposed dashboard."""
     await_health: bool = False
     """Wait for ready pods (Helm --wait); False: the release succeeds once Kubernetes accepts its
     objects, and a crash-looping pod is reported by `kubectl`, not by a failed `pulumi up`."""
@@ -217,15 +286,10 @@ class TickcastApp(pulumi.ComponentResource):
         on_cluster = pulumi.ResourceOptions(parent=self, provider=args.provider)
         namespace = k8s.core.v1.Namespace(
             f"{name}-namespace",
-            metadata={
-                "name": args.namespace,
-                "labels": {
-                    "pod-security.kubernetes.io/warn": "restricted",
-                    "pod-security.kubernetes.io/audit": "restricted",
-                },
-            },
+            metadata={"name": args.namespace, "labels": pod_security_labels(args.kubernetes_version)},
             opts=on_cluster,
         )
+        self._namespace = namespace
         in_namespace = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=[namespace])
         secret = k8s.core.v1.Secret(
             f"{name}-secrets",
@@ -234,7 +298,28 @@ class TickcastApp(pulumi.ComponentResource):
             string_data={POLYGON_API_KEY_VARIABLE: pulumi.Output.secret(args.polygon_api_key)},
             opts=in_namespace,
         )
-        before_release: list[pulumi.Resource] = [secret, *args.depends_on]
+        before_release: list[pulumi.Resource] = [
+            secret,
+            self._generated_secret(f"{name}-serving-token", SERVING_TOKEN_SECRET, SERVING_TOKEN_VARIABLE, args),
+            self._generated_secret(f"{name}-ray-auth", RAY_AUTH_SECRET, RAY_AUTH_TOKEN_KEY, args),
+            *args.depends_on,
+        ]
+        oidc = args.chart.dashboard.oidc
+        if args.chart.dashboard.exposed and oidc is not None:
+            if args.dashboard_oidc_client_secret is None:
+                raise ValueError("an exposed dashboard needs its OIDC client secret (config.py checks it)")
+            before_release.append(
+                k8s.core.v1.Secret(
+                    f"{name}-dashboard-oidc",
+                    metadata={"name": DASHBOARD_OIDC_SECRET, "namespace": args.namespace},
+                    type="Opaque",
+                    string_data={
+                        "clientID": oidc.client_id,
+                        "clientSecret": pulumi.Output.secret(args.dashboard_oidc_client_secret),
+                    },
+                    opts=in_namespace,
+                )
+            )
         if args.topics_job_role_arn is not None:
             before_release.append(self._topics_job(name, args, namespace))
 
@@ -253,8 +338,13 @@ class TickcastApp(pulumi.ComponentResource):
 
         self.serve_endpoint = serve_endpoint(args.namespace)
         dashboard = args.chart.dashboard
-        scheme = "https" if dashboard.certificate_arn else "http"
-        if dashboard.host:
+        scheme = "https"
+        if not dashboard.exposed:
+            self.dashboard_url = pulumi.Output.from_input(
+                f"(cluster-internal: kubectl -n {args.namespace} port-forward svc/{DASHBOARD_INGRESS_NAME} 8501:80, "
+                "then http://127.0.0.1:8501)"
+            )
+        elif dashboard.host:
             self.dashboard_url = pulumi.Output.from_input(f"{scheme}://{dashboard.host}")
         else:
             ingress = k8s.networking.v1.Ingress.get(
@@ -264,6 +354,29 @@ class TickcastApp(pulumi.ComponentResource):
             )
             self.dashboard_url = ingress.status.apply(lambda status: _ingress_url(status, scheme))
         self.register_outputs({"dashboardUrl": self.dashboard_url, "serveEndpoint": self.serve_endpoint})
+
+    def _generated_secret(self, name: str, secret_name: str, key: str, args: AppArgs) -> pulumi.Resource:
+        """A Secret holding one token generated here, created once and then kept.
+
+        ``secrets.token_urlsafe`` runs on every ``pulumi up``, but ``ignore_changes`` keeps the
+        first value: the token is stable, and rotating it means replacing the Secret
+        (``pulumi up --replace <urn>``), which rolls the pods through the chart. The value is a
+        Pulumi secret: encrypted in the state, never shown in a preview.
+        """
+        token = pulumi.Output.secret(token_source.token_urlsafe(GENERATED_TOKEN_BYTES))
+        return k8s.core.v1.Secret(
+            name,
+            metadata={"name": secret_name, "namespace": args.namespace},
+            type="Opaque",
+            string_data={key: token},
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                provider=args.provider,
+                depends_on=[self._namespace],
+                ignore_changes=["stringData", "data"],
+                additional_secret_outputs=["stringData", "data"],
+            ),
+        )
 
     def _topics_job(self, name: str, args: AppArgs, namespace: pulumi.Resource) -> pulumi.Resource:
         account = service_account_name(KAFKA_ADMIN)

@@ -36,6 +36,14 @@ from tickcast_infra.iam import IrsaRole, IrsaRoleArgs
 KARPENTER_REPO = "oci://public.ecr.aws/karpenter"
 KARPENTER_NAMESPACE = "kube-system"
 KARPENTER_SERVICE_ACCOUNT = "karpenter"
+KARPENTER_METADATA_OPTIONS = {
+    "httpEndpoint": "enabled",
+    "httpProtocolIPv6": "disabled",
+    "httpTokens": "required",
+    "httpPutResponseHopLimit": 1,
+}
+"""IMDSv2 only with hop limit 1 on Karpenter's nodes, as on the node group (cluster.METADATA_OPTIONS):
+pods cannot reach the node role's credentials."""
 GPU_SURGE = 2
 """GPU NodePool limit = GPU_SURGE x gpuMaxSize: room for a RayService upgrade's second cluster."""
 
@@ -367,7 +375,7 @@ class NodeAutoscaling(pulumi.ComponentResource):
                             "ebs": {"volumeSize": f"{disk}Gi", "volumeType": "gp3", "encrypted": True},
                         }
                     ],
-                    "metadataOptions": {"httpTokens": "required", "httpPutResponseHopLimit": 1},
+                    "metadataOptions": dict(KARPENTER_METADATA_OPTIONS),
                     # No tags here: Karpenter tags its instances kubernetes.io/cluster/NAME=owned
                     # itself (the controller policy's condition) and rejects that key in a class.
                 },

@@ -1,5 +1,12 @@
 """The EKS cluster: a CPU (system) managed node group, managed add-ons, OIDC for IRSA, and a
-Kubernetes provider. GPU nodes (and CPU overflow) come from Karpenter (``autoscaling.py``)."""
+Kubernetes provider. GPU nodes (and CPU overflow) come from Karpenter (``autoscaling.py``).
+
+Hardening that lives here: every node requires IMDSv2 with a hop limit of 1 (a launch template
+for the node group; Karpenter's EC2NodeClasses say the same), so a pod cannot borrow the node
+role's credentials from the instance metadata service; the VPC CNI is a managed add-on with its
+own IRSA role (the node role no longer carries ``AmazonEKS_CNI_Policy``) and its network policy
+agent on, so the chart's NetworkPolicies are enforced, not merely stored.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +20,7 @@ import pulumi_eks as eks
 import pulumi_kubernetes as k8s
 
 from tickcast_infra.config import NodeGroupSize
+from tickcast_infra.iam import IrsaRole, IrsaRoleArgs
 
 NODE_POOL_LABEL = "tickcast.io/node-pool"
 GPU_TAINT_KEY = "nvidia.com/gpu"
@@ -24,10 +32,25 @@ GPU_TOLERATION = {"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSched
 
 NODE_POLICIES = (
     "arn:aws:iam::aws:policy/AmazonEKSWorkerNodePolicy",
-    "arn:aws:iam::aws:policy/AmazonEKS_CNI_Policy",
     "arn:aws:iam::aws:policy/AmazonEC2ContainerRegistryReadOnly",
     "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore",
 )
+"""The node roles' policies. Not ``AmazonEKS_CNI_Policy``: the VPC CNI has its own IRSA role, so
+nothing on a node (or a pod that reached the node's credentials) can rewrite the VPC's ENIs."""
+CNI_POLICY = "arn:aws:iam::aws:policy/AmazonEKS_CNI_Policy"
+CNI_NAMESPACE = "kube-system"
+CNI_SERVICE_ACCOUNT = "aws-node"
+CNI_CONFIGURATION = {"enableNetworkPolicy": "true"}
+"""The vpc-cni add-on's configuration values: its network policy agent enforces NetworkPolicies
+(off by default: without it the chart's policies install and guard nothing)."""
+METADATA_OPTIONS = aws.ec2.LaunchTemplateMetadataOptionsArgs(
+    http_endpoint="enabled",
+    http_tokens="required",
+    http_put_response_hop_limit=1,
+    instance_metadata_tags="disabled",
+)
+"""IMDSv2 only, one hop: the node's own processes reach the metadata service, a pod's packets
+(one hop further) do not, so pods use their IRSA roles and never the node role."""
 CLUSTER_ADMIN_POLICY = "arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy"
 
 
@@ -42,6 +65,25 @@ class NodeGroupSpec:
     disk_size_gb: int = 50
 
 
+def node_launch_template_args(name: str, disk_size_gb: int) -> aws.ec2.LaunchTemplateArgs:
+    """A managed node group's launch template: IMDSv2 with hop limit 1 and an encrypted gp3 root
+    volume (with a launch template, EKS takes the disk from it, not from the node group)."""
+    return aws.ec2.LaunchTemplateArgs(
+        name_prefix=f"{name}-",
+        description="tickcast managed nodes: IMDSv2 only, hop limit 1",
+        metadata_options=METADATA_OPTIONS,
+        block_device_mappings=[
+            aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
+                device_name="/dev/xvda",
+                ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
+                    volume_size=disk_size_gb, volume_type="gp3", encrypted="true", delete_on_termination="true"
+                ),
+            )
+        ],
+        update_default_version=True,
+    )
+
+
 @dataclass(frozen=True)
 class ClusterArgs:
     """Where the cluster lives, who administers it and its two node groups."""
@@ -53,6 +95,7 @@ class ClusterArgs:
     private_subnet_ids: Sequence[pulumi.Input[str]]
     public_subnet_ids: Sequence[pulumi.Input[str]]
     endpoint_public_access_cidrs: Sequence[str]
+    """Who may reach the public API endpoint; empty turns the public endpoint off."""
     admin_role_arns: Sequence[str]
     cpu: NodeGroupSpec
 
@@ -75,6 +118,7 @@ class Cluster(pulumi.ComponentResource):
     private_subnet_ids: list[pulumi.Input[str]]
     provider: k8s.Provider
     cpu_node_group: pulumi.Resource
+    vpc_cni: pulumi.Resource
     addons: list[pulumi.Resource]
 
     def __init__(self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
@@ -122,8 +166,9 @@ class Cluster(pulumi.ComponentResource):
             public_subnet_ids=list(args.public_subnet_ids),
             node_associate_public_ip_address=False,
             endpoint_private_access=True,
-            endpoint_public_access=True,
-            public_access_cidrs=list(args.endpoint_public_access_cidrs),
+            # Public only for the CIDRs the stack names (config.py requires them): no 0.0.0.0/0.
+            endpoint_public_access=bool(args.endpoint_public_access_cidrs),
+            public_access_cidrs=list(args.endpoint_public_access_cidrs) or None,
             authentication_mode=eks.AuthenticationMode.API,
             access_entries={
                 f"admin-{index}": eks.AccessEntryArgs(
@@ -146,13 +191,45 @@ class Cluster(pulumi.ComponentResource):
             enabled_cluster_log_types=["api", "audit", "authenticator"],
             # CoreDNS is created below as a plain add-on that waits for the CPU nodes.
             coredns_addon_options=eks.CoreDnsAddonOptionsArgs(enabled=False),
+            # The VPC CNI is created below as a managed add-on with its own IRSA role, which
+            # needs this cluster's OIDC provider: pulumi_eks's own add-on could not have one.
+            use_default_vpc_cni=True,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[log_group]),
+        )
+
+        cni_role = IrsaRole(
+            "vpc-cni",
+            IrsaRoleArgs(
+                cluster_name=args.cluster_name,
+                oidc_provider_arn=cluster.oidc_provider_arn,
+                oidc_issuer=cluster.oidc_issuer,
+                namespace=CNI_NAMESPACE,
+                service_account=CNI_SERVICE_ACCOUNT,
+                managed_policy_arns=(CNI_POLICY,),
+            ),
+            opts=child,
+        )
+        # A DaemonSet: ACTIVE without nodes, so it is in place before the first node joins.
+        self.vpc_cni = aws.eks.Addon(
+            f"{name}-vpc-cni",
+            cluster_name=args.cluster_name,
+            addon_name="vpc-cni",
+            service_account_role_arn=cni_role.arn,
+            configuration_values=json.dumps(CNI_CONFIGURATION),
+            resolve_conflicts_on_create="OVERWRITE",
+            resolve_conflicts_on_update="OVERWRITE",
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[cluster]),
         )
 
         # A plain aws.eks.NodeGroup (not pulumi_eks's component) so that ignore_changes reaches it.
         # The Karpenter controller, CoreDNS and the add-ons' controllers run here; every other
         # node comes from Karpenter. EKS adds this role's access entry itself.
         cpu = args.cpu
+        launch_template = aws.ec2.LaunchTemplate(
+            f"{name}-cpu",
+            node_launch_template_args(f"{args.cluster_name}-cpu", cpu.disk_size_gb),
+            opts=child,
+        )
         self.cpu_node_group = aws.eks.NodeGroup(
             f"{name}-cpu",
             cluster_name=args.cluster_name,
@@ -162,7 +239,9 @@ class Cluster(pulumi.ComponentResource):
             instance_types=list(cpu.instance_types),
             ami_type=cpu.ami_type,
             capacity_type=cpu.capacity_type,
-            disk_size=cpu.disk_size_gb,
+            launch_template=aws.eks.NodeGroupLaunchTemplateArgs(
+                id=launch_template.id, version=launch_template.latest_version.apply(str)
+            ),
             scaling_config=aws.eks.NodeGroupScalingConfigArgs(
                 min_size=cpu.size.min_size, desired_size=cpu.size.desired_size, max_size=cpu.size.max_size
             ),
@@ -170,7 +249,9 @@ class Cluster(pulumi.ComponentResource):
             # EKS owns the node count after the first `pulumi up` (a node replaced, a manual
             # resize); Pulumi keeps the bounds and does not reset the desired size on every run.
             opts=pulumi.ResourceOptions(
-                parent=self, depends_on=[cluster, *attachments], ignore_changes=["scalingConfig.desiredSize"]
+                parent=self,
+                depends_on=[cluster, *attachments, self.vpc_cni],
+                ignore_changes=["scalingConfig.desiredSize"],
             ),
         )
         self.addons = [

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -68,10 +69,18 @@ KEYS: tuple[Key, ...] = (
         "Days the control-plane logs (`/aws/eks/CLUSTER/cluster`) are kept.",
     ),
     Key(
+        "tickcast:endpointPublicAccess",
+        "boolean",
+        True,
+        "Serve the Kubernetes API on a public endpoint too (the private one is always on); false: `pulumi up` "
+        "and `kubectl` must run inside the VPC.",
+    ),
+    Key(
         "tickcast:endpointPublicAccessCidrs",
         "list",
-        ["0.0.0.0/0"],
-        "CIDRs allowed to reach the public Kubernetes API endpoint (the private endpoint is always on).",
+        [],
+        "CIDRs allowed to reach the public Kubernetes API endpoint: required while endpointPublicAccess is "
+        "true (no 0.0.0.0/0 default), e.g. your egress address as a /32.",
     ),
     Key(
         "tickcast:adminRoleArns",
@@ -183,7 +192,12 @@ KEYS: tuple[Key, ...] = (
     ),
     Key("tickcast:kafkaRetentionHours", "integer", 168, "Retention of each topic, in hours."),
     # images and app
-    Key("tickcast:imageTag", "string", "0.1.0", "Image tag pushed and deployed (the chart pins each image by digest; tags are immutable when CI pushes them)."),
+    Key(
+        "tickcast:imageTag",
+        "string",
+        "0.1.0",
+        "Image tag pushed and deployed (the chart pins each image by digest; tags are immutable when CI pushes them).",
+    ),
     Key(
         "tickcast:deployApp",
         "boolean",
@@ -207,15 +221,17 @@ KEYS: tuple[Key, ...] = (
     Key(
         "tickcast:dashboardScheme",
         "string",
-        "internal",
-        "Load balancer of the dashboard: `internal` (VPC only) or `internet-facing`.",
-        ("internal", "internet-facing"),
+        "none",
+        "How the dashboard is exposed: `none` (cluster-internal, `kubectl port-forward`), or an ALB, "
+        "`internal` (VPC only) or `internet-facing`; an ALB needs dashboardHost, dashboardCertificateArn "
+        "(HTTPS only) and the dashboardOidc* keys (sign-in).",
+        ("none", "internal", "internet-facing"),
     ),
     Key(
         "tickcast:dashboardAllowedCidrs",
         "list",
-        ["0.0.0.0/0"],
-        "CIDRs allowed to reach an internet-facing dashboard.",
+        [],
+        "CIDRs allowed to reach an internet-facing dashboard: required with `internet-facing` (no 0.0.0.0/0 default).",
     ),
     Key("tickcast:dashboardHost", "string", "", "DNS name of the dashboard (empty: the load balancer's own name)."),
     Key(
@@ -228,7 +244,29 @@ KEYS: tuple[Key, ...] = (
         "tickcast:dashboardCertificateArn",
         "string",
         "",
-        "ACM certificate for the dashboard's HTTPS listener (empty: HTTP only).",
+        "ACM certificate for the dashboard's HTTPS listener: required when the dashboard is exposed.",
+    ),
+    Key(
+        "tickcast:dashboardOidcIssuer",
+        "string",
+        "",
+        "OIDC issuer URL (https://) the dashboard's ALB signs users in with.",
+    ),
+    Key(
+        "tickcast:dashboardOidcAuthorizationEndpoint",
+        "string",
+        "",
+        "The OIDC provider's authorization endpoint (https://).",
+    ),
+    Key("tickcast:dashboardOidcTokenEndpoint", "string", "", "The OIDC provider's token endpoint (https://)."),
+    Key("tickcast:dashboardOidcUserInfoEndpoint", "string", "", "The OIDC provider's user info endpoint (https://)."),
+    Key("tickcast:dashboardOidcClientId", "string", "", "Client id of the dashboard's OIDC client."),
+    Key(
+        "tickcast:dashboardOidcClientSecret",
+        "secret",
+        "",
+        "Client secret of the dashboard's OIDC client (`pulumi config set --secret`); required when the "
+        "dashboard is exposed.",
     ),
     Key("tickcast:kuberayVersion", "string", "1.7.0", "Version of the kuberay-operator chart."),
     Key("tickcast:nvidiaDevicePluginVersion", "string", "0.17.1", "Version of the nvidia-device-plugin chart."),
@@ -279,6 +317,7 @@ class StackConfig:
     nat_gateways: NatGateways
     kubernetes_version: str
     control_plane_log_retention_days: int
+    endpoint_public_access: bool
     endpoint_public_access_cidrs: tuple[str, ...]
     admin_role_arns: tuple[str, ...]
     cpu_instance_types: tuple[str, ...]
@@ -311,6 +350,9 @@ class StackConfig:
     dashboard_host: str
     dashboard_hosted_zone_id: str
     dashboard_certificate_arn: str
+    dashboard_oidc: dict[str, str]
+    """issuer, authorizationEndpoint, tokenEndpoint, userInfoEndpoint, clientId (empty: not exposed)."""
+    dashboard_oidc_client_secret: pulumi.Output[str] | None
     kuberay_version: str
     nvidia_device_plugin_version: str
     aws_load_balancer_controller_version: str
@@ -335,7 +377,8 @@ class ConfigError(ValueError):
 def _read(key: Key) -> Any:
     config = pulumi.Config(key.namespace)
     if key.kind == "secret":
-        return config.require_secret(key.short)
+        # An optional secret (a default, even empty) is None when unset.
+        return config.require_secret(key.short) if key.default is None else config.get_secret(key.short)
     getter = {
         "string": config.get,
         "integer": config.get_int,
@@ -418,9 +461,22 @@ def check_reachable(v: dict[str, Any]) -> None:
     Raises:
         ConfigError: naming the key, what is wrong with its value and how to fix it.
     """
-    _check_cidrs("endpointPublicAccessCidrs", v["endpointPublicAccessCidrs"])
-    if v["dashboardScheme"] == "internet-facing":
-        _check_cidrs("dashboardAllowedCidrs", v["dashboardAllowedCidrs"])
+    if v["endpointPublicAccess"]:
+        if not v["endpointPublicAccessCidrs"]:
+            raise ConfigError(
+                "tickcast:endpointPublicAccessCidrs is required while tickcast:endpointPublicAccess is true: name "
+                "the CIDRs that may reach the public Kubernetes API endpoint (there is no 0.0.0.0/0 default), e.g. "
+                "`pulumi config set --path 'tickcast:endpointPublicAccessCidrs[0]' <your egress address>/32`, or "
+                "`pulumi config set tickcast:endpointPublicAccess false` to keep the API private (then run "
+                "`pulumi up` from inside the VPC)"
+            )
+        _check_cidrs("endpointPublicAccessCidrs", v["endpointPublicAccessCidrs"])
+    elif v["endpointPublicAccessCidrs"]:
+        raise ConfigError(
+            "tickcast:endpointPublicAccessCidrs is set but tickcast:endpointPublicAccess is false: remove the CIDRs "
+            "or turn the public endpoint on"
+        )
+    _check_dashboard_exposure(v)
     for arn in v["adminRoleArns"]:
         match = PRINCIPAL_ARN.match(arn)
         if not match:
@@ -477,6 +533,49 @@ def check_reachable(v: dict[str, Any]) -> None:
         raise ConfigError("tickcast:gpuInstanceTypes must all have exactly one GPU (one Ray GPU worker per node)")
 
 
+OIDC_KEYS = (
+    "dashboardOidcIssuer",
+    "dashboardOidcAuthorizationEndpoint",
+    "dashboardOidcTokenEndpoint",
+    "dashboardOidcUserInfoEndpoint",
+    "dashboardOidcClientId",
+)
+
+
+def _check_dashboard_exposure(v: dict[str, Any]) -> None:
+    """An exposed dashboard (an ALB) needs HTTPS, OIDC sign-in and, on the internet, named CIDRs."""
+    scheme = v["dashboardScheme"]
+    if scheme == "none":
+        return
+    missing = [f"tickcast:{key}" for key in ("dashboardHost", "dashboardCertificateArn", *OIDC_KEYS) if not v[key]]
+    if v["dashboardOidcClientSecret"] is None:
+        missing.append("tickcast:dashboardOidcClientSecret (--secret)")
+    if missing:
+        raise ConfigError(
+            f"tickcast:dashboardScheme {scheme} exposes the dashboard (it holds the forecast API's token), which "
+            f"then needs HTTPS and OIDC sign-in at the load balancer; missing: {', '.join(missing)}. Set them "
+            "(`pulumi config set tickcast:KEY VALUE`, the client secret with --secret), or "
+            "`pulumi config set tickcast:dashboardScheme none` to keep it cluster-internal"
+        )
+    for key in OIDC_KEYS[:4]:
+        url = urllib.parse.urlsplit(v[key])
+        if url.scheme != "https" or not url.hostname:
+            raise ConfigError(f"tickcast:{key} {v[key]!r} must be an https:// URL of your OIDC provider")
+        if any(url.hostname == d or url.hostname.endswith("." + d) for d in RESERVED_DOMAINS):
+            raise ConfigError(
+                f"tickcast:{key} {v[key]!r} names a reserved example domain: use your identity provider's URL "
+                "(its /.well-known/openid-configuration lists all four endpoints)"
+            )
+    if scheme == "internet-facing":
+        if not v["dashboardAllowedCidrs"]:
+            raise ConfigError(
+                "tickcast:dashboardAllowedCidrs is required with tickcast:dashboardScheme internet-facing: name the "
+                "CIDRs that may reach the dashboard (there is no 0.0.0.0/0 default), e.g. "
+                "`pulumi config set --path 'tickcast:dashboardAllowedCidrs[0]' <office or VPN egress>/32`"
+            )
+        _check_cidrs("dashboardAllowedCidrs", v["dashboardAllowedCidrs"])
+
+
 def load() -> StackConfig:
     """Read and check the stack's config.
 
@@ -508,6 +607,7 @@ def load() -> StackConfig:
         nat_gateways=v["natGateways"],
         kubernetes_version=v["kubernetesVersion"],
         control_plane_log_retention_days=v["controlPlaneLogRetentionDays"],
+        endpoint_public_access=v["endpointPublicAccess"],
         endpoint_public_access_cidrs=tuple(v["endpointPublicAccessCidrs"]),
         admin_role_arns=tuple(v["adminRoleArns"]),
         cpu_instance_types=tuple(v["cpuInstanceTypes"]),
@@ -540,6 +640,8 @@ def load() -> StackConfig:
         dashboard_host=v["dashboardHost"],
         dashboard_hosted_zone_id=v["dashboardHostedZoneId"],
         dashboard_certificate_arn=v["dashboardCertificateArn"],
+        dashboard_oidc={key.removeprefix("dashboardOidc"): v[key] for key in OIDC_KEYS},
+        dashboard_oidc_client_secret=v["dashboardOidcClientSecret"],
         kuberay_version=v["kuberayVersion"],
         nvidia_device_plugin_version=v["nvidiaDevicePluginVersion"],
         aws_load_balancer_controller_version=v["awsLoadBalancerControllerVersion"],
@@ -551,7 +653,7 @@ def load() -> StackConfig:
 
 def _default_text(key: Key) -> str:
     if key.kind == "secret":
-        return "(required, secret)"
+        return "(required, secret)" if key.default is None else "(empty, secret)"
     if key.default is None:
         return "(required)"
     if isinstance(key.default, bool):

@@ -9,7 +9,7 @@ import pulumi
 import pulumi_aws as aws
 
 from tickcast_infra.addons import Addons, AddonsArgs
-from tickcast_infra.app import AppArgs, ChartInputs, DashboardIngress, TickcastApp
+from tickcast_infra.app import AppArgs, ChartInputs, DashboardIngress, DashboardOidc, TickcastApp
 from tickcast_infra.autoscaling import NodeAutoscaling, NodeAutoscalingArgs
 from tickcast_infra.cluster import Cluster, ClusterArgs, NodeGroupSpec
 from tickcast_infra.config import StackConfig
@@ -60,6 +60,20 @@ def zone_ids(config: StackConfig) -> list[str]:
     return choose_zone_ids(available, offering, config.az_count)
 
 
+def _dashboard_oidc(config: StackConfig) -> DashboardOidc | None:
+    """The dashboard's OIDC provider when the stack exposes it (config.py made sure it is complete)."""
+    if config.dashboard_scheme == "none":
+        return None
+    o = config.dashboard_oidc
+    return DashboardOidc(
+        issuer=o["Issuer"],
+        authorization_endpoint=o["AuthorizationEndpoint"],
+        token_endpoint=o["TokenEndpoint"],
+        user_info_endpoint=o["UserInfoEndpoint"],
+        client_id=o["ClientId"],
+    )
+
+
 def build(config: StackConfig) -> Stack:
     """Create every resource of the stack."""
     name = config.name
@@ -82,7 +96,7 @@ def build(config: StackConfig) -> Stack:
             vpc_id=network.vpc_id,
             private_subnet_ids=network.private_subnet_ids,
             public_subnet_ids=network.public_subnet_ids,
-            endpoint_public_access_cidrs=config.endpoint_public_access_cidrs,
+            endpoint_public_access_cidrs=config.endpoint_public_access_cidrs if config.endpoint_public_access else (),
             admin_role_arns=config.admin_role_arns,
             cpu=NodeGroupSpec(
                 instance_types=config.cpu_instance_types, size=config.cpu_size, ami_type="AL2023_x86_64_STANDARD"
@@ -211,11 +225,14 @@ def build(config: StackConfig) -> Stack:
                         allowed_cidrs=config.dashboard_allowed_cidrs,
                         host=config.dashboard_host,
                         certificate_arn=config.dashboard_certificate_arn,
+                        oidc=_dashboard_oidc(config),
                     ),
                     image_digests=images.digests,
                     pod_resources=chart_resources(config.cpu_instance_types, config.gpu_instance_types),
                 ),
                 polygon_api_key=config.polygon_api_key,
+                dashboard_oidc_client_secret=config.dashboard_oidc_client_secret,
+                kubernetes_version=config.kubernetes_version,
                 provider=cluster.provider,
                 # The images, the add-ons (after the load balancer controller) and Karpenter's
                 # pools; not a GPU node: without one, Serve's workers wait Pending, alone.

@@ -381,15 +381,8 @@ def test_secure_pod_defaults(rendered: Rendered, name: str) -> None:
         psc = spec["securityContext"]
         assert psc["runAsNonRoot"] is True and psc["runAsUser"] >= 10000, label
         assert psc["seccompProfile"]["type"] == "RuntimeDefault", label
-        token_needed = (
-            label.startswith("RayService/")
-            and label.endswith("/head")
-            and any(
-                d["kind"] == "RayService" and d["spec"]["rayClusterConfig"].get("enableInTreeAutoscaling")
-                for d in rendered[name]
-            )
-        )
-        assert spec["automountServiceAccountToken"] is token_needed, label
+        # no container gets an API token automatically (the autoscaler mounts its own: below)
+        assert spec["automountServiceAccountToken"] is False, label
         volumes = {v["name"]: v for v in spec["volumes"]}
         for c in spec["containers"]:
             sc = c["securityContext"]
@@ -401,6 +394,37 @@ def test_secure_pod_defaults(rendered: Rendered, name: str) -> None:
             tmp = [m for m in c["volumeMounts"] if m["mountPath"] == "/tmp"]
             assert tmp and "emptyDir" in volumes[tmp[0]["name"]], f"{label}: /tmp must be an emptyDir"
             assert ":latest" not in c["image"], label
+
+
+AUTOSCALER_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+@pytest.mark.parametrize("name", ["default", "production"])
+def test_only_the_ray_autoscaler_holds_a_kubernetes_api_token(rendered: Rendered, name: str) -> None:
+    """The finding: the Ray head automounted its ServiceAccount token into every container, so
+    Serve replicas and any code submitted to Ray could call the Kubernetes API as the autoscaler.
+    Now the token is a projected volume that only the autoscaler sidecar (autoscalerOptions)
+    mounts; KubeRay builds that container from those options."""
+    for doc in (d for d in rendered[name] if d["apiVersion"].startswith("ray.io/")):
+        cluster = doc["spec"].get("rayClusterConfig") or doc["spec"]["rayClusterSpec"]
+        autoscaling = cluster.get("enableInTreeAutoscaling", False)
+        for role, template in _ray_pod_templates(doc):
+            spec = template["spec"]
+            assert spec["automountServiceAccountToken"] is False, role
+            token_volumes = [v["name"] for v in spec["volumes"] if "projected" in v]
+            for container in spec["containers"]:
+                mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
+                assert AUTOSCALER_TOKEN_PATH not in mounts, f"{doc['kind']}/{role}/{container['name']}"
+                assert not {m["name"] for m in container.get("volumeMounts", [])} & set(token_volumes)
+            if role == "head" and autoscaling:
+                (volume,) = [v for v in spec["volumes"] if "projected" in v]
+                sources = volume["projected"]["sources"]
+                assert {"serviceAccountToken", "configMap", "downwardAPI"} == {k for src in sources for k in src}
+                mounts = cluster["autoscalerOptions"]["volumeMounts"]
+                token = next(m for m in mounts if m["mountPath"] == AUTOSCALER_TOKEN_PATH)
+                assert token["name"] == volume["name"] and token["readOnly"] is True
+            else:
+                assert not token_volumes, f"{doc['kind']}/{role} has no autoscaler, so no token"
 
 
 def test_services_have_probes_on_their_health_endpoints(rendered: Rendered) -> None:
@@ -540,7 +564,12 @@ def test_chart_renders_the_names_pulumi_relies_on(chart: Any, explicit_names: bo
         "lake": {"url": "s3://tickcast-dev-lake/tickcast", "s3_region": "us-east-1"},
     }
     values["secrets"] = {"existingSecret": "tickcast-pulumi-secrets"}
-    values["dashboard"]["ingress"] = {"enabled": True, "className": "alb", "scheme": "internet-facing"}
+    values["dashboard"]["ingress"] = EXPOSED_DASHBOARD | {
+        "scheme": "internet-facing",
+        "inboundCidrs": ["198.18.7.0/24"],
+    }
+    values["servingAuth"] = {"required": True, "secretName": "tickcast-serving-token"}
+    values["rayService"]["auth"] = {"enabled": True, "secretName": "tickcast-ray-auth"}
     values["jobs"]["finetune"] = {"enabled": True}
     docs = _docs(chart.render(values=values, name=names.RELEASE_NAME, namespace=NAMESPACE, is_install=True))
 
@@ -560,6 +589,24 @@ def test_chart_renders_the_names_pulumi_relies_on(chart: Any, explicit_names: bo
     for label, _, spec in _pod_specs(docs):
         workload = names.CHART_WORKLOADS[_section_of(label)]
         assert spec["serviceAccountName"] == names.service_account_name(workload), label
+
+
+#: An exposed dashboard as Pulumi passes it (pulumi/tickcast_infra/app.py DashboardIngress): HTTPS
+#: and OIDC sign-in at the ALB.
+EXPOSED_DASHBOARD: dict[str, Any] = {
+    "enabled": True,
+    "className": "alb",
+    "scheme": "internal",
+    "host": "tickcast.markets.acme-trading.net",
+    "certificateArn": "arn:aws:acm:us-east-1:210987654321:certificate/3f1c2b8e-5d4a-4c1e-9a7b-2e6f0d9c8b71",
+    "oidc": {
+        "issuer": "https://login.acme-trading.net/oauth2/default",
+        "authorizationEndpoint": "https://login.acme-trading.net/oauth2/default/v1/authorize",
+        "tokenEndpoint": "https://login.acme-trading.net/oauth2/default/v1/token",
+        "userInfoEndpoint": "https://login.acme-trading.net/oauth2/default/v1/userinfo",
+        "secretName": "tickcast-dashboard-oidc",
+    },
+}
 
 
 def test_consumer_hpa_owns_the_replica_count(rendered: Rendered) -> None:
@@ -627,9 +674,11 @@ def test_config_or_secret_change_rolls_every_pod(chart: Any) -> None:
     def annotations(values: dict[str, Any]) -> dict[str, dict[str, str]]:
         return {label: meta["annotations"] for label, meta, _ in _pod_specs(_docs(_render(chart, values)))}
 
-    base = annotations({})
-    config = annotations({"config": {"forecaster": {"horizon": 9}}})
-    secret = annotations({"secrets": {"polygon": {"api_key": "k"}}})
+    # an explicit API token: otherwise the chart generates a random one per render
+    token = {"secrets": {"serving": {"auth_token": "t" * 43}}}
+    base = annotations(token)
+    config = annotations({**token, "config": {"forecaster": {"horizon": 9}}})
+    secret = annotations({"secrets": {"serving": {"auth_token": "t" * 43}, "polygon": {"api_key": "k"}}})
     for label, ann in base.items():
         assert ann["checksum/config"] != config[label]["checksum/config"], label
         assert ann["checksum/config"] == secret[label]["checksum/config"], label
@@ -647,8 +696,218 @@ def test_ingress_is_an_alb(rendered: Rendered) -> None:
     assert annotations["alb.ingress.kubernetes.io/healthcheck-path"] == "/_stcore/health"
     assert "stickiness.enabled=true" in annotations["alb.ingress.kubernetes.io/target-group-attributes"]
     assert annotations["alb.ingress.kubernetes.io/group.name"] == "tickcast"
+    # HTTPS only: HTTP answers with a redirect
+    assert json.loads(annotations["alb.ingress.kubernetes.io/listen-ports"]) == [{"HTTP": 80}, {"HTTPS": 443}]
+    assert annotations["alb.ingress.kubernetes.io/ssl-redirect"] == "443"
+    # the ALB signs users in with the OIDC provider before any request reaches a pod
+    assert annotations["alb.ingress.kubernetes.io/auth-type"] == "oidc"
+    assert annotations["alb.ingress.kubernetes.io/auth-on-unauthenticated-request"] == "authenticate"
+    oidc = json.loads(annotations["alb.ingress.kubernetes.io/auth-idp-oidc"])
+    assert oidc == {
+        "issuer": values["oidc"]["issuer"],
+        "authorizationEndpoint": values["oidc"]["authorizationEndpoint"],
+        "tokenEndpoint": values["oidc"]["tokenEndpoint"],
+        "userInfoEndpoint": values["oidc"]["userInfoEndpoint"],
+        "secretName": values["oidc"]["secretName"],
+    }
+    assert annotations["alb.ingress.kubernetes.io/inbound-cidrs"] == "10.0.0.0/8"
     backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
     assert backend["name"] == _one(rendered["production"], "Service", "-dashboard")["metadata"]["name"]
+
+
+# --------------------------------------------------------------------------------------------
+# Locked down: Ray token auth, Ray control ports, the forecast API's token, the dashboard
+
+
+def test_ray_clusters_require_a_token(rendered: Rendered, chart: Any) -> None:
+    """KubeRay authOptions mode token on the Serve cluster and the fine-tune cluster: the
+    dashboard, job API, GCS and Ray RPCs refuse calls without the token."""
+    default = _one(rendered["default"], "RayService")["spec"]["rayClusterConfig"]
+    assert default["authOptions"] == {"mode": "token"}, "KubeRay generates a Secret per cluster"
+    production = rendered["production"]
+    for doc in (_one(production, "RayService"), _one(production, "RayJob")):
+        cluster = doc["spec"].get("rayClusterConfig") or doc["spec"]["rayClusterSpec"]
+        assert cluster["authOptions"] == {"mode": "token", "secretName": "tickcast-ray-auth"}, doc["kind"]
+    off = _one(_docs(_render(chart, {"rayService": {"auth": {"enabled": False}}})), "RayService")
+    assert "authOptions" not in off["spec"]["rayClusterConfig"]
+
+
+def _peer_admits(peer: dict[str, Any], labels: dict[str, str], namespace: str) -> bool:
+    """Whether a NetworkPolicy ``from`` peer of a policy in NAMESPACE admits a pod (labels, namespace)."""
+    if "ipBlock" in peer:
+        return True  # an address range admits anything routed from it
+    namespace_selector = peer.get("namespaceSelector")
+    if namespace_selector is None:
+        in_namespace = namespace == NAMESPACE
+    else:
+        in_namespace = _selects(namespace_selector, {"kubernetes.io/metadata.name": namespace})
+    return in_namespace and _selects(peer.get("podSelector", {}), labels)
+
+
+def _admitted(
+    policies: list[dict[str, Any]], target: dict[str, str], port: int, labels: dict[str, str], ns: str
+) -> bool:
+    """Whether the policies let a pod (labels, namespace ns) reach ``port`` of a target pod: some
+    policy selecting the target has a rule with that port (or all ports) and an admitting peer."""
+    selecting = [p for p in policies if _selects(p["spec"]["podSelector"], target)]
+    assert selecting, "no policy selects the target: everything would be admitted"
+    for policy in selecting:
+        for rule in policy["spec"].get("ingress", []):
+            ports = [p["port"] for p in rule.get("ports", [])]
+            if ports and port not in ports:
+                continue
+            if "from" not in rule or any(_peer_admits(peer, labels, ns) for peer in rule["from"]):
+                return True
+    return False
+
+
+#: The Ray head's control ports: GCS, the dashboard and job API, the Ray client.
+RAY_CONTROL_PORTS = (6379, 8265, 10001)
+
+
+@pytest.mark.parametrize("name", ["default", "production"])
+def test_ray_control_ports_admit_only_ray_pods_and_the_kuberay_operator(rendered: Rendered, name: str) -> None:
+    """The finding: the Ray head's job API (8265) ran code with the serving role and secrets for
+    any pod that could reach it. Now GCS, the job API and the client port admit the Ray pods and
+    the KubeRay operator's pods, nobody else: not the forecaster, not the dashboard (they call
+    Serve on 8000), not another pod in the operator's namespace."""
+    docs = rendered[name]
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    labels = {label: meta["labels"] for label, meta, _ in _pod_specs(docs)}
+    head = labels["RayService/tickcast-serving/head"]
+    worker = next(v for k, v in labels.items() if k.startswith("RayService/") and not k.endswith("/head"))
+    operator_ns = _values(name).get("networkPolicy", {}).get("kuberayOperatorNamespace", "kuberay-operator")
+    operator = {"app.kubernetes.io/name": "kuberay-operator", "app.kubernetes.io/component": "kuberay-operator"}
+    for port in RAY_CONTROL_PORTS:
+        assert _admitted(policies, head, port, worker, NAMESPACE), port
+        assert _admitted(policies, head, port, head, NAMESPACE), port
+    for port in (8265, 52365):
+        assert _admitted(policies, head, port, operator, operator_ns), port
+    outsiders = {
+        "forecaster": (labels["Deployment/tickcast-forecaster"], NAMESPACE),
+        "dashboard": (labels["Deployment/tickcast-dashboard"], NAMESPACE),
+        "producer": (labels["Deployment/tickcast-producer"], NAMESPACE),
+        "another pod in the operator's namespace": ({"app": "debug-shell"}, operator_ns),
+        "the operator's labels in another namespace": (operator, "default"),
+        "a monitoring pod": ({"app": "prometheus"}, "monitoring"),
+    }
+    for who, (peer, namespace) in outsiders.items():
+        for port in RAY_CONTROL_PORTS:
+            assert not _admitted(policies, head, port, peer, namespace), f"{who} reaches the head on {port}"
+    # the forecaster and dashboard still reach Serve
+    assert _admitted(policies, head, 8000, labels["Deployment/tickcast-forecaster"], NAMESPACE)
+
+
+def _token_refs(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Pod label -> its TICKCAST_SERVING__AUTH_TOKEN secretKeyRef."""
+    refs = {}
+    for label, _, spec in _pod_specs(docs):
+        for c in spec["containers"]:
+            for e in c.get("env", []):
+                if e["name"] == "TICKCAST_SERVING__AUTH_TOKEN":
+                    refs[label] = e["valueFrom"]["secretKeyRef"]
+    return refs
+
+
+def test_the_forecast_api_requires_a_token_by_default(rendered: Rendered, chart: Any) -> None:
+    """Serve, the forecaster and the dashboard read the token from one Secret, and a pod whose
+    Secret lacks it does not start (optional: false) instead of serving without authentication."""
+    docs = rendered["default"]
+    refs = _token_refs(docs)
+    assert {label.split("/")[1] for label in refs} == {"tickcast-serving", "tickcast-forecaster", "tickcast-dashboard"}
+    assert {(r["name"], r["optional"]) for r in refs.values()} == {("tickcast-secrets", False)}
+    # no token given: the chart generates one (kept on upgrades through lookup)
+    generated = base64.b64decode(_one(docs, "Secret")["data"]["TICKCAST_SERVING__AUTH_TOKEN"]).decode()
+    assert len(generated) == 48 and generated.isalnum()
+    other = base64.b64decode(_one(_docs(_render(chart)), "Secret")["data"]["TICKCAST_SERVING__AUTH_TOKEN"]).decode()
+    assert other != generated, "a fresh install gets a fresh random token"
+    # a given token is used as is
+    given = _one(_docs(_render(chart, {"secrets": {"serving": {"auth_token": "k" * 43}}})), "Secret")
+    assert base64.b64decode(given["data"]["TICKCAST_SERVING__AUTH_TOKEN"]).decode() == "k" * 43
+    # Pulumi's shape: the token lives in its own Secret
+    pulumi = _docs(
+        _render(
+            chart,
+            {
+                "secrets": {"existingSecret": "tickcast-pulumi-secrets"},
+                "servingAuth": {"secretName": "tickcast-serving-token"},
+            },
+        )
+    )
+    assert {(r["name"], r["optional"]) for r in _token_refs(pulumi).values()} == {("tickcast-serving-token", False)}
+    assert not [d for d in pulumi if d["kind"] == "Secret"]
+    # turned off: optional again, nothing generated
+    off = _docs(_render(chart, {"servingAuth": {"required": False}}))
+    assert {r["optional"] for r in _token_refs(off).values()} == {True}
+    assert "TICKCAST_SERVING__AUTH_TOKEN" not in (_one(off, "Secret").get("data") or {})
+
+
+def test_the_dashboard_is_cluster_internal_by_default(rendered: Rendered) -> None:
+    docs = rendered["default"]
+    assert not [d for d in docs if d["kind"] == "Ingress"]
+    assert _one(docs, "Service", "-dashboard")["spec"]["type"] == "ClusterIP"
+
+
+@pytest.mark.parametrize(
+    ("ingress", "expected"),
+    [
+        ({"enabled": True}, "/dashboard/ingress/certificateArn"),
+        ({**EXPOSED_DASHBOARD, "certificateArn": ""}, "/dashboard/ingress/certificateArn"),
+        (
+            {**EXPOSED_DASHBOARD, "oidc": {**EXPOSED_DASHBOARD["oidc"], "secretName": ""}},
+            "/dashboard/ingress/oidc/secretName",
+        ),
+        (
+            {**EXPOSED_DASHBOARD, "oidc": {**EXPOSED_DASHBOARD["oidc"], "issuer": "http://idp"}},
+            "/dashboard/ingress/oidc/issuer",
+        ),
+        ({**EXPOSED_DASHBOARD, "scheme": "internet-facing"}, "/dashboard/ingress/inboundCidrs"),
+    ],
+)
+def test_an_exposed_dashboard_without_tls_oidc_or_cidrs_is_refused(
+    helm: Any, chart: Any, ingress: dict[str, Any], expected: str
+) -> None:
+    with pytest.raises(helm.HelmValuesError) as caught:
+        _render(chart, {"dashboard": {"ingress": ingress}})
+    assert expected in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"dashboard": {"service": {"type": "LoadBalancer"}}}, "/dashboard/service/type"),
+        ({"dashboard": {"service": {"type": "NodePort"}}}, "/dashboard/service/type"),
+    ],
+)
+def test_the_dashboard_service_cannot_bypass_the_ingress(
+    helm: Any, chart: Any, values: dict[str, Any], expected: str
+) -> None:
+    """A LoadBalancer or NodePort Service would expose the dashboard without TLS or sign-in."""
+    with pytest.raises(helm.HelmValuesError) as caught:
+        _render(chart, values)
+    assert expected in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "annotation",
+    [
+        "alb.ingress.kubernetes.io/auth-type",
+        "alb.ingress.kubernetes.io/inbound-cidrs",
+        "alb.ingress.kubernetes.io/listen-ports",
+    ],
+)
+def test_ingress_annotations_cannot_override_tls_or_sign_in(helm: Any, chart: Any, annotation: str) -> None:
+    ingress = {**EXPOSED_DASHBOARD, "annotations": {annotation: "none"}}
+    with pytest.raises(helm.HelmError, match=re.escape(f"dashboard.ingress.annotations sets {annotation}")):
+        _render(chart, {"dashboard": {"ingress": ingress}})
+
+
+def test_an_internet_facing_dashboard_admits_only_its_cidrs(chart: Any) -> None:
+    ingress = {**EXPOSED_DASHBOARD, "scheme": "internet-facing", "inboundCidrs": ["198.18.7.0/24", "198.18.9.0/24"]}
+    annotations = _one(_docs(_render(chart, {"dashboard": {"ingress": ingress}})), "Ingress")["metadata"]["annotations"]
+    assert annotations["alb.ingress.kubernetes.io/scheme"] == "internet-facing"
+    assert annotations["alb.ingress.kubernetes.io/inbound-cidrs"] == "198.18.7.0/24,198.18.9.0/24"
+    assert annotations["alb.ingress.kubernetes.io/auth-type"] == "oidc"
 
 
 # --------------------------------------------------------------------------------------------
@@ -1063,7 +1322,8 @@ def test_checkov_skips_are_justified(checkov_report: dict[str, Any]) -> None:
         or c["check_result"]["suppress_comment"] == "No comment provided"
     ]
     assert not unjustified, unjustified
-    allowed = {"CKV_K8S_8", "CKV_K8S_9", "CKV_K8S_15", "CKV_K8S_35", "CKV_K8S_38", "CKV_K8S_43"}
+    # no CKV_K8S_38 (automounted ServiceAccount token): no pod automounts one any more
+    allowed = {"CKV_K8S_8", "CKV_K8S_9", "CKV_K8S_15", "CKV_K8S_35", "CKV_K8S_43"}
     assert {c["check_id"] for c in skipped} <= allowed
 
 

@@ -241,19 +241,28 @@ prometheus.io/path: /metrics
 
 {{/*
 Secret settings a container needs, as env entries from the chart's Secret or existingSecret.
-Each is optional: a key that is not set leaves the setting unset.
+Each is optional (a key that is not set leaves the setting unset) except the forecast API's
+token while servingAuth.required is true: a pod whose Secret lacks it does not start, rather
+than serve or call an API without authentication.
 Args: dict "root" $ "names" (list of TICKCAST_* names).
 */}}
 {{- define "tickcast.secretEnv" -}}
 {{- $secret := include "tickcast.secretName" .root }}
+{{- $tokenKey := include "tickcast.servingTokenKey" .root }}
+{{- $auth := .root.Values.servingAuth }}
 {{- range .names }}
 - name: {{ . }}
   valueFrom:
     secretKeyRef:
-      name: {{ $secret }}
+      name: {{ ternary ($auth.secretName | default $secret) $secret (eq . $tokenKey) }}
       key: {{ . }}
-      optional: true
+      optional: {{ not (and $auth.required (eq . $tokenKey)) }}
 {{- end }}
+{{- end }}
+
+{{/* The Secret key (and setting) of the forecast API's bearer token. */}}
+{{- define "tickcast.servingTokenKey" -}}
+TICKCAST_SERVING__AUTH_TOKEN
 {{- end }}
 
 {{/* Where the Kafka CA bundle is mounted. */}}
@@ -412,4 +421,15 @@ caches on the /tmp emptyDir (the root filesystem is read-only).
   mountPath: /tmp
 - name: dshm
   mountPath: /dev/shm
+{{- end }}
+
+{{/* The NetworkPolicy peer of the KubeRay operator: its pods (namespace AND pod labels), not its whole namespace. */}}
+{{- define "tickcast.kuberayOperatorPeer" -}}
+{{- $np := .Values.networkPolicy }}
+- namespaceSelector:
+    matchLabels:
+      kubernetes.io/metadata.name: {{ $np.kuberayOperatorNamespace }}
+  podSelector:
+    matchLabels:
+      {{- toYaml $np.kuberayOperatorPodLabels | nindent 6 }}
 {{- end }}

@@ -6,9 +6,15 @@ probes (raylet, GCS and Serve proxy health) when none are given, so none are set
 
 {{/*
 Args: dict "root" $ "component" NAME "container" NAME "resources" MAP "gpus" N
-"nodeSelector" MAP "tolerations" LIST "affinity" MAP "automountToken" BOOL
+"nodeSelector" MAP "tolerations" LIST "affinity" MAP "autoscalerToken" BOOL
 "head" BOOL "podAnnotations" MAP "secrets" LIST "section" (values section whose ServiceAccount
 the pods run as: rayService or jobs)
+
+No container gets the ServiceAccount's API token automatically (automountServiceAccountToken
+false). With "autoscalerToken" the pod gets a projected token volume that only the KubeRay
+autoscaler sidecar mounts (rayService.yaml's autoscalerOptions.volumeMounts): the Ray
+container, which runs Serve replicas and any code submitted to Ray, holds no Kubernetes
+credentials.
 */}}
 {{- define "tickcast.rayPodTemplate" -}}
 {{- $root := .root }}
@@ -20,9 +26,6 @@ the pods run as: rayService or jobs)
 {{- $_ := set $resources "limits" $limits }}
 {{- end }}
 {{- $skips := list "CKV_K8S_8=KubeRay injects Ray-aware liveness probes (raylet and GCS health) into Ray containers" "CKV_K8S_9=KubeRay injects Ray-aware readiness probes (raylet and Serve proxy health) into Ray containers" }}
-{{- if .automountToken }}
-{{- $skips = append $skips "CKV_K8S_38=The Ray head runs the KubeRay autoscaler sidecar which scales worker pods through the Kubernetes API" }}
-{{- end }}
 metadata:
   labels:
     {{- include "tickcast.componentSelectorLabels" (dict "root" $root "component" .component) | trim | nindent 4 }}
@@ -35,7 +38,7 @@ metadata:
     {{- end }}
 spec:
   serviceAccountName: {{ include "tickcast.serviceAccountName" (dict "root" $root "section" .section) }}
-  automountServiceAccountToken: {{ .automountToken }}
+  automountServiceAccountToken: false
   enableServiceLinks: false
   securityContext:
     {{- toYaml $r.podSecurityContext | nindent 4 }}
@@ -82,6 +85,9 @@ spec:
         {{- include "tickcast.rayVolumeMounts" . | trim | nindent 8 }}
   volumes:
     {{- include "tickcast.rayVolumes" (dict "tmp" $r.tmpSizeLimit "shm" $r.shmSizeLimit) | trim | nindent 4 }}
+    {{- if .autoscalerToken }}
+    {{- include "tickcast.autoscalerTokenVolume" . | trim | nindent 4 }}
+    {{- end }}
   {{- with .nodeSelector }}
   nodeSelector:
     {{- toYaml . | nindent 4 }}
@@ -94,4 +100,47 @@ spec:
   affinity:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+{{- end }}
+
+{{/* The projected ServiceAccount token of the Ray autoscaler: what automounting would give,
+mounted by the autoscaler sidecar alone. */}}
+{{- define "tickcast.autoscalerTokenVolumeName" -}}
+autoscaler-kube-api
+{{- end }}
+
+{{- define "tickcast.autoscalerTokenVolume" -}}
+- name: {{ include "tickcast.autoscalerTokenVolumeName" . }}
+  projected:
+    defaultMode: 0444
+    sources:
+      - serviceAccountToken:
+          path: token
+          expirationSeconds: 3607
+      - configMap:
+          name: kube-root-ca.crt
+          items:
+            - key: ca.crt
+              path: ca.crt
+      - downwardAPI:
+          items:
+            - path: namespace
+              fieldRef:
+                apiVersion: v1
+                fieldPath: metadata.namespace
+{{- end }}
+
+{{/*
+Ray token authentication (KubeRay authOptions, Ray 2.52+): the dashboard, the job API, GCS and
+every Ray RPC require the token. KubeRay sets RAY_AUTH_MODE and RAY_AUTH_TOKEN in the Ray
+containers, the autoscaler and the job submitter, and uses the token itself for Serve's config.
+*/}}
+{{- define "tickcast.rayAuthOptions" -}}
+{{- $a := .Values.rayService.auth }}
+{{- if $a.enabled }}
+authOptions:
+  mode: token
+  {{- with $a.secretName }}
+  secretName: {{ . }}
+  {{- end }}
+{{- end }}
 {{- end }}

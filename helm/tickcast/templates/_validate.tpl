@@ -37,6 +37,26 @@ Included once, from configmap.yaml.
 {{- if and .Values.rayService.enabled (not (has .Values.rayService.serve.proxyLocation (list "EveryNode" "HeadOnly"))) (or .Values.forecaster.enabled .Values.dashboard.enabled) }}
 {{- fail "rayService.serve.proxyLocation is Disabled but the forecaster or dashboard call Serve over HTTP: use EveryNode or HeadOnly" }}
 {{- end }}
+{{- $ing := .Values.dashboard.ingress }}
+{{- if and .Values.dashboard.enabled $ing.enabled }}
+{{- if not $ing.certificateArn }}
+{{- fail "dashboard.ingress.enabled exposes the dashboard, which then needs HTTPS: set dashboard.ingress.certificateArn to an ACM certificate of dashboard.ingress.host" }}
+{{- end }}
+{{- $o := $ing.oidc }}
+{{- range $field := list "issuer" "authorizationEndpoint" "tokenEndpoint" "userInfoEndpoint" "secretName" }}
+{{- if not (index $o $field) }}
+{{- fail (printf "dashboard.ingress.enabled exposes the dashboard, which then needs OIDC sign-in at the load balancer: set dashboard.ingress.oidc.%s (see helm/README.md, \"Exposing the dashboard\")" $field) }}
+{{- end }}
+{{- end }}
+{{- if and (eq $ing.scheme "internet-facing") (not $ing.inboundCidrs) }}
+{{- fail "dashboard.ingress.scheme internet-facing needs dashboard.ingress.inboundCidrs: name the CIDRs that may reach the dashboard (there is no 0.0.0.0/0 default)" }}
+{{- end }}
+{{- range $key, $_ := $ing.annotations }}
+{{- if or (hasPrefix "alb.ingress.kubernetes.io/auth-" $key) (has $key (list "alb.ingress.kubernetes.io/inbound-cidrs" "alb.ingress.kubernetes.io/listen-ports" "alb.ingress.kubernetes.io/certificate-arn" "alb.ingress.kubernetes.io/ssl-redirect" "alb.ingress.kubernetes.io/scheme")) }}
+{{- fail (printf "dashboard.ingress.annotations sets %s, which the chart owns (TLS, OIDC sign-in, inbound CIDRs): use dashboard.ingress.certificateArn, oidc, inboundCidrs and scheme instead" $key) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- if and (or .Values.forecaster.enabled .Values.dashboard.enabled) (not .Values.rayService.enabled) (not .Values.config.serving.url) }}
 {{- fail "rayService.enabled is false, so the forecaster and dashboard need config.serving.url pointing at a Serve endpoint elsewhere" }}
 {{- end }}
