@@ -179,6 +179,27 @@ def _kafka_libs(settings: Any) -> Path:
     return KafkaServer(settings.infra, settings.kafka).libs
 
 
+def _java_login_config(kafka: Any, folder: Path) -> Path | None:
+    """A 0600 client properties file with the SASL login of ``kafka`` (None without one).
+
+    A file, not ``--producer-props``, so the password never shows in the process list.
+    """
+    if kafka.sasl_mechanism not in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+        return None
+    module = "plain.PlainLoginModule" if kafka.sasl_mechanism == "PLAIN" else "scram.ScramLoginModule"
+    password = kafka.sasl_password.get_secret_value() if kafka.sasl_password is not None else ""
+    path = folder / "login.properties"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(
+            f"security.protocol={kafka.security_protocol}\n"
+            f"sasl.mechanism={kafka.sasl_mechanism}\n"
+            f"sasl.jaas.config=org.apache.kafka.common.security.{module} required "
+            f'username="{kafka.sasl_username}" password="{password}";\n'
+        )
+    return path
+
+
 def bench_java(settings: Any, n: int, partitions: int, payload: Path | None) -> dict[str, Any]:
     """Kafka's ProducerPerformance on a fresh topic; parses its summary line."""
     from tickcast.infra.kafka_server import LOG4J_PATH
@@ -212,10 +233,14 @@ def bench_java(settings: Any, n: int, partitions: int, payload: Path | None) -> 
     ]
     cmd += ["--payload-file", str(payload)] if payload else ["--record-size", "200"]
     cmd += ["--producer-props", *props]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    finally:
-        _delete(settings, [topic])
+    with tempfile.TemporaryDirectory() as tmp:
+        login = _java_login_config(settings.kafka, Path(tmp))
+        if login is not None:
+            cmd += ["--producer.config", str(login)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        finally:
+            _delete(settings, [topic])
     lines = [ln for ln in proc.stdout.splitlines() if "records sent" in ln]
     match = re.search(
         r"(\d+) records sent, ([\d.]+) records/sec \(([\d.]+) MB/sec\), ([\d.]+) ms avg latency",

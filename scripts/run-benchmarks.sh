@@ -18,6 +18,19 @@ runs=test-artifacts/bench-runs.jsonl
 : >"$runs"
 read -r commit dirty < <(.venv/bin/python bench/_results.py start)  # the code measured: as it is now
 .venv/bin/tickcast infra up >/dev/null
+# The local broker enforces logins and ACLs (policy-enforced mode): the benchmarks create and
+# delete their own topics, so they log in as its admin user (TICKCAST_KAFKA__SASL_*; nothing
+# is printed to the console or a log).
+while IFS= read -r assignment; do export "$assignment"; done < <(
+  .venv/bin/python -c '
+from tickcast.infra import kafka_acls
+from tickcast.settings import load_settings
+settings = load_settings()
+if settings.infra.kafka_workload_users:
+    users = kafka_acls.load_users(settings.infra.state_dir)
+    for name, value in kafka_acls.client_env(users[kafka_acls.ADMIN]).items():
+        print(f"{name}={value}")
+')
 bootstrap="127.0.0.1:${TICKCAST_INFRA__KAFKA_PORT:-9092}"
 minio="http://127.0.0.1:${TICKCAST_INFRA__MINIO_PORT:-9000}"
 failed=()
