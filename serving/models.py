@@ -391,6 +391,14 @@ def _resolve(settings: Settings, spec: str) -> ResolvedModel:
             found, lake_problem = None, f"; the registry could not be read ({exc.message})"
         if found is not None:
             return found
+        if "@" not in spec:
+            # NAME/VERSION and ORG/NAME look alike: say why neither reading works.
+            raise ModelError(
+                f"model {spec[:200]!r} is not an entry of the model registry{lake_problem}, and as a hub id it is "
+                "not pinned to a commit",
+                "check the registry's NAME/VERSION (`NAME/latest` for the newest), or pin a hub model: append @ "
+                f"and the 40-character commit of the revision you reviewed, e.g. {PINNED_EXAMPLE}",
+            )
     try:
         return _resolve_hub(spec)
     except ModelError as exc:

@@ -40,5 +40,5 @@ def test_registry_entry_on_minio_matches_the_local_checkpoint(s3_settings: Setti
     b = Forecaster.from_pretrained(str(local), device="cpu").predict(series, horizon=7)
     np.testing.assert_array_equal(a.quantiles, b.quantiles)
 
-    with pytest.raises(ModelError, match="unreachable"):
-        resolve_model(settings, "tiny/9")  # not in the registry, not on the (offline) hub
+    with pytest.raises(ModelError, match="not an entry of the model registry"):
+        resolve_model(settings, "tiny/9")  # not in the registry, and not a pinned hub id
