@@ -37,6 +37,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from tickcast.errors import ConfigError
+from tickcast.private_files import create_once
 from tickcast.settings import GROUPS, InfraSettings, ServingSettings, Settings, env_name
 
 log = logging.getLogger(__name__)
@@ -91,21 +92,7 @@ def ensure_ray_token(state_dir: Path | str) -> Path:
     path = ray_token_path(state_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(path.parent, 0o700)
-    if not path.exists():
-        tmp = path.with_name(f".auth_token.{uuid.uuid4().hex}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.fchmod(fd, 0o600)  # whatever the umask says
-            os.write(fd, secrets.token_hex(32).encode())  # Ray's own format: 256 random bits
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass  # another start won the race: use its token
-        finally:
-            tmp.unlink(missing_ok=True)
+    create_once(path, secrets.token_hex(32).encode())  # Ray's own format: 256 random bits
     info = path.stat()
     fix = f"delete {path} (a new token is made at the next start), after stopping the local Ray cluster"
     if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:

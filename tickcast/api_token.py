@@ -17,10 +17,10 @@ import ipaddress
 import os
 import secrets
 import stat
-import uuid
 from pathlib import Path
 
 from tickcast.errors import ConfigError
+from tickcast.private_files import create_once
 
 #: The token file's name under the state folder.
 TOKEN_FILE = "api-token"
@@ -47,21 +47,7 @@ def ensure_local_token(state_dir: Path | str) -> str:
     """
     path = token_path(state_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        tmp = path.with_name(f".{TOKEN_FILE}.{uuid.uuid4().hex}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.fchmod(fd, 0o600)  # whatever the umask says
-            os.write(fd, (secrets.token_urlsafe(32) + "\n").encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass  # another `up` won the race: use its token
-        finally:
-            tmp.unlink(missing_ok=True)
+    create_once(path, (secrets.token_urlsafe(32) + "\n").encode())
     return read_token(path)
 
 
