@@ -5,7 +5,9 @@ uncommitted changes: the code measured is the code at the start), ``add`` after 
 benchmark (its command line, exit status, wall time, and the files its stdout and stderr
 were saved to) and ``write`` at the end, which combines them into
 ``bench/results/YYYY-MM-DD.json`` (the UTC date the run started; a file of the same date is
-replaced). ``scripts/bench_table.py`` renders the README's benchmark table from the newest
+replaced, or with ``--merge`` (``BENCH_ONLY=...``) updated: the benchmarks run now replace
+theirs, the others keep their entries, each entry naming the commit it measured).
+``scripts/bench_table.py`` renders the README's benchmark table from the newest
 such file.
 
 A benchmark's status: ``ok`` (exit 0), ``missed`` (exit 1 and a JSON document whose targets
@@ -130,12 +132,22 @@ def versions() -> dict[str, str | None]:
 def write(args: argparse.Namespace) -> None:
     """Combine the runs file into the dated results file."""
     runs = [json.loads(line) for line in Path(args.runs).read_text().splitlines() if line.strip()]
-    benches = {run.pop("name"): run for run in runs}
+    commit = args.commit or git("rev-parse", "HEAD") or None
+    benches = {run.pop("name"): {**run, "commit": commit} for run in runs}
+    out = Path(args.out)
+    if args.merge and out.exists():
+        earlier = json.loads(out.read_text())
+        kept = {
+            name: {**run, "commit": run.get("commit", earlier.get("commit"))}
+            for name, run in earlier.get("benches", {}).items()
+            if name not in benches
+        }
+        benches = {**kept, **benches}
     document = {
         "date": args.date,
         "started_at": datetime.fromtimestamp(args.started, UTC).isoformat(timespec="seconds"),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "commit": args.commit or git("rev-parse", "HEAD") or None,
+        "commit": commit,  # of this run; each bench entry names the commit it measured
         # the figures belong to the commit plus uncommitted changes, if there were any
         "uncommitted_changes": args.dirty if args.dirty is not None else bool(dirty()),
         "machine": machine(),
@@ -143,7 +155,6 @@ def write(args: argparse.Namespace) -> None:
         "statuses": {name: run["status"] for name, run in benches.items()},
         "benches": benches,
     }
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(document, indent=2) + "\n")
     print(f"results: {out} ({', '.join(f'{k} {v}' for k, v in document['statuses'].items())})", file=sys.stderr)
@@ -172,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         "--dirty",
         type=lambda text: {"yes": True, "no": False}[text],
         help="yes/no: uncommitted changes at the start, from `start` (default: looked up now)",
+    )
+    p_write.add_argument(
+        "--merge", action="store_true", help="keep the entries of benchmarks not run now (a BENCH_ONLY run)"
     )
     sub.add_parser("start", help="print the commit and whether the tree has uncommitted changes")
     args = parser.parse_args(argv)

@@ -7,7 +7,8 @@
 # which scripts/bench_table.py renders the README's benchmark table. Ratios are measured within
 # one run: quote those, not lone absolute times, on a shared machine.
 #
-# BENCH_ONLY="lake_merge train" runs only those (their results file then holds only them).
+# BENCH_ONLY="lake_merge train" runs only those; they replace their own entries in the day's
+# results file and the other benchmarks' entries stay (each entry names the commit it measured).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0 AWS_EC2_METADATA_DISABLED=true
@@ -59,7 +60,7 @@ run stream --bootstrap "$bootstrap"
 run train --steps 50
 run dashboard_read
 .venv/bin/python bench/_results.py write --runs "$runs" --out "bench/results/${day}.json" --date "$day" \
-  --started "$started" --commit "$commit" --dirty "$dirty"
+  --started "$started" --commit "$commit" --dirty "$dirty" ${BENCH_ONLY:+--merge}
 if ((${#failed[@]})); then
   echo "missed a target or failed: ${failed[*]} (see bench/results/${day}.json and test-artifacts/bench-*.log)" >&2
   exit 1

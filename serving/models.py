@@ -320,12 +320,25 @@ def _is_pickle(name: str) -> bool:
     return name.lower().endswith(PICKLE_SUFFIXES)
 
 
+#: An unmerged PEFT (LoRA) adapter: loading it makes transformers fetch the base model named in
+#: it from the hub at no pinned revision, so what is served could change under the same name.
+ADAPTER_CONFIG = "adapter_config.json"
+
+
 def check_safetensors(names: list[str], where: str) -> None:
-    """Refuse a checkpoint whose weights are pickle files only.
+    """Refuse a checkpoint whose weights are pickle files only, or that is an unmerged adapter.
 
     Raises:
-        ModelError: naming the pickle files and how to convert them.
+        ModelError: naming the pickle files and how to convert them, or the adapter and how to
+            merge it.
     """
+    if ADAPTER_CONFIG in {Path(name).name for name in names}:
+        raise ModelError(
+            f"the checkpoint at {where} is an unmerged LoRA adapter ({ADAPTER_CONFIG}): loading it would fetch "
+            "its base model from the hub at no pinned revision",
+            "merge the adapter into its base and save the full model (`tickcast train --mode lora` does: "
+            "merge_and_unload() then save_pretrained(directory, safe_serialization=True))",
+        )
     if any(name.endswith(".safetensors") for name in names):
         return
     pickles = sorted(name for name in names if _is_pickle(name))

@@ -51,18 +51,26 @@ class KafkaSettings(BaseModel):
     request_timeout_s: float = Field(10.0, gt=0, description="How long to wait for the broker before failing.")
 
 
+#: The built-in lake: a bucket on the local MinIO, so the local platform reaches its lake the way
+#: EKS does (S3 API, one user and policy per workload) and a missing grant fails locally first.
+LOCAL_LAKE_URL = "s3://tickcast/lake"
+
+
 class LakeSettings(BaseModel):
     """Where the lake lives: one root URL, ``file://`` or ``s3://``."""
 
     model_config = _FROZEN
 
     url: str = Field(
-        "file://.tickcast/lake",
-        description="Lake root URL: file://PATH (relative paths are under the working directory) "
-        "or s3://BUCKET/PREFIX.",
+        LOCAL_LAKE_URL,
+        description="Lake root URL: s3://BUCKET/PREFIX or file://PATH (relative paths are under the working "
+        "directory). Left unset (and with no endpoint set), the lake is s3://tickcast/lake on the local MinIO "
+        "that `tickcast up` runs, read and written with the local MinIO's root keys unless keys are set.",
     )
     s3_endpoint_url: str | None = Field(
-        None, description="S3 endpoint override for MinIO or other S3-compatible stores (http://host:port)."
+        None,
+        description="S3 endpoint override for MinIO or other S3-compatible stores (http://host:port); unset "
+        "means AWS S3, except for the built-in lake, which is on the local MinIO (http://127.0.0.1:<minio_port>).",
     )
     s3_region: str = Field("us-east-1", description="S3 region.")
     s3_access_key_id: SecretStr | None = Field(
@@ -390,6 +398,31 @@ class Settings(BaseSettings):
     serving: ServingSettings = Field(default_factory=ServingSettings, description="Serving.")  # type: ignore[arg-type]
     forecaster: ForecasterSettings = Field(default_factory=ForecasterSettings, description="Forecaster.")  # type: ignore[arg-type]
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings, description="Dashboard.")  # type: ignore[arg-type]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _built_in_lake_on_local_minio(cls, data: Any) -> Any:
+        """Point the built-in lake (no URL and no endpoint given) at the local MinIO.
+
+        Its endpoint follows ``infra.minio_port``, and without keys it uses the local MinIO's root
+        user, so ``tickcast lake stats`` after ``make up`` just works. ``tickcast up`` gives each
+        service its own workload's keys instead (policy-enforced mode). A lake with a URL or an
+        endpoint of its own is left exactly as given: on EKS the chart sets both.
+        """
+        if not isinstance(data, dict):
+            return data
+        lake = data.get("lake", {})
+        if not isinstance(lake, dict) or {"url", "s3_endpoint_url"} & {str(k).lower() for k in lake}:
+            return data
+        infra = data.get("infra", {})
+        infra = {str(k).lower(): v for k, v in infra.items()} if isinstance(infra, dict) else {}
+        fields = InfraSettings.model_fields
+        port = infra.get("minio_port", fields["minio_port"].default)
+        built_in: dict[str, Any] = {"url": LOCAL_LAKE_URL, "s3_endpoint_url": f"http://127.0.0.1:{port}"}
+        if not {"s3_access_key_id", "s3_secret_access_key"} & {str(k).lower() for k in lake}:
+            built_in["s3_access_key_id"] = infra.get("minio_root_user", fields["minio_root_user"].default)
+            built_in["s3_secret_access_key"] = infra.get("minio_root_password", fields["minio_root_password"].default)
+        return {**data, "lake": {**lake, **built_in}}
 
 
 GROUPS: dict[str, type[BaseModel]] = {

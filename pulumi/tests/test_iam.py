@@ -242,10 +242,10 @@ def test_serving_reads_models_and_bars_and_writes_batch_forecasts(deployment: De
 def test_dashboard_reads_what_it_shows_and_writes_nothing(deployment: Deployment) -> None:
     arns = Arns(deployment)
     policy = _policy(deployment, "dashboard")
+    # no open_close and no models: the dashboard shows no open/close data and asks Serve for models
     assert _resources_for(policy, "s3:GetObject") == {
-        *(f"{arns.lake}/{t}/*" for t in LAKE_TABLES),
+        *(f"{arns.lake}/{t}/*" for t in LAKE_TABLES if t != "open_close"),
         f"{arns.lake}/reports/*",
-        f"{arns.lake}/models/*",
     }
     assert not any(a in _actions(policy) for a in ("s3:PutObject", "s3:DeleteObject", "kms:GenerateDataKey"))
     # the data-quality page reads the newest dead-letter records (assigned partitions, no group)

@@ -64,14 +64,13 @@ LAKE_ACCESS: Final[dict[str, dict[str, Access]]] = {
     # batch forecasts out.
     "serving": {"bars": "read", "models": "read", "forecasts": "write"},
     # Streamlit: reads everything it shows, writes nothing.
+    # No open_close and no models: it shows no open/close data and asks Serve for its models over HTTP.
     "dashboard": {
         "bars": "read",
-        "open_close": "read",
         "forecasts": "read",
         "scores": "read",
         "score_aggregates": "read",
         "reports": "read",
-        "models": "read",
     },
     # Ray batch jobs (the backtest CronJob, the fine-tune RayJob): bars in, reports and models out.
     "batch": {"bars": "read", "reports": "write", "models": "write"},

@@ -6,8 +6,9 @@ Serve replica process and the Kafka broker, one after another during the replay,
 each time until the platform has recovered by itself (bars and forecasts flowing again). It
 stops the platform with Ctrl-C (SIGINT), checks nothing is left running and that the lake
 holds every replayed bar exactly once (counted against the bundled sample, not only "no
-duplicates"), starts it again, stops it again, and checks again. The lake is read through
-the Delta log with DuckDB, as a reader that is not tickcast would. Ports and folders are
+duplicates"), starts it again, stops it again, and checks again. The lake is the built-in one,
+on the platform's MinIO with a MinIO user and policy per service (a missing grant fails here);
+the test reads its Delta tables with delta-rs as MinIO's root and counts with DuckDB. Ports and folders are
 moved off the defaults with TICKCAST_* variables so the test never collides with a platform
 a developer has running.
 """
@@ -20,12 +21,14 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 import pytest
 from conftest import free_port
 from listening import exposed, tree_listeners
@@ -60,30 +63,81 @@ def wait_for(what: str, check: Callable[[], bool], timeout_s: float, proc: subpr
     return time.monotonic() - started
 
 
-def table_files(lake: Path, name: str) -> list[str]:
-    """The data files of the table's current version, from its Delta log (none when missing)."""
-    import deltalake
+class LakeView:
+    """Reads the platform's built-in lake (``s3://tickcast/lake`` on the local MinIO) as the root user.
 
-    try:
-        return deltalake.DeltaTable(f"file://{lake / name}").file_uris()
-    except deltalake.exceptions.TableNotFoundError:
-        return []
+    The platform's services each use their own MinIO user; the test reads with the root keys, so
+    what it sees does not depend on the grants it checks. MinIO must be running: after the
+    platform stopped, :meth:`online` starts it alone for the reads.
+    """
+
+    def __init__(self, env: dict[str, str]) -> None:
+        from tickcast.lake import Lake
+        from tickcast.settings import LOCAL_LAKE_URL, InfraSettings, LakeSettings
+
+        self.env = env
+        infra = InfraSettings()
+        self.lake = Lake(
+            LakeSettings(
+                url=LOCAL_LAKE_URL,
+                s3_endpoint_url=f"http://127.0.0.1:{env['TICKCAST_INFRA__MINIO_PORT']}",
+                s3_access_key_id=infra.minio_root_user,
+                s3_secret_access_key=infra.minio_root_password,
+            )
+        )
+
+    def table(self, name: str, columns: list[str]) -> pa.Table | None:
+        """The table's current version (one snapshot), or None while it does not exist."""
+        import deltalake
+
+        try:
+            table = deltalake.DeltaTable(self.lake.table_uri(name), storage_options=self.lake.storage_options)
+        except deltalake.exceptions.TableNotFoundError:
+            return None
+        return table.to_pyarrow_table(columns=columns)
+
+    def ready(self) -> bool:
+        """Whether MinIO answers and the lake bucket exists (the platform may still be starting)."""
+        from tickcast.errors import StoreUnavailable
+
+        try:
+            self.lake.check()
+        except StoreUnavailable:
+            return False
+        return True
+
+    @contextmanager
+    def online(self) -> Iterator[None]:
+        """MinIO alone (the platform is down), for reading the lake; stopped again after."""
+        tickcast = str(ROOT / ".venv" / "bin" / "tickcast")
+        subprocess.run([tickcast, "infra", "up", "minio"], env=self.env, check=True, capture_output=True)
+        try:
+            yield
+        finally:
+            subprocess.run([tickcast, "infra", "down", "minio"], env=self.env, check=True, capture_output=True)
 
 
-def lake_count(lake: Path, sql: str) -> int:
+#: The columns each query below needs.
+COLUMNS = {
+    "bars": ["ticker", "interval", "start", "close"],
+    "forecasts": ["forecast_id", "step"],
+}
+
+
+def lake_count(lake: LakeView, sql: str) -> int:
     """Run ``sql`` (with {bars} / {forecasts} placeholders) over the tables' current versions; 0 when empty."""
-    tables = {}
-    for name in ("bars", "forecasts"):
+    con = duckdb.connect()
+    for name, columns in COLUMNS.items():
         if f"{{{name}}}" not in sql:
             continue
-        files = table_files(lake, name)
-        if not files:
+        table = lake.table(name, columns)
+        if table is None or table.num_rows == 0:
             return 0
-        tables[name] = f"read_parquet({[f.removeprefix('file://') for f in files]!r}, hive_partitioning=true)"
-    return int(duckdb.sql(sql.format(**tables)).fetchall()[0][0])
+        con.register(name, table)
+    return int(con.sql(sql.format(bars="bars", forecasts="forecasts")).fetchall()[0][0])
 
 
-def missing_and_extra_bars(lake: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+def missing_and_extra_bars(lake: LakeView) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """Sample bars missing from the lake, and lake bars not in the sample, per ticker.
 
     The replay sends each ticker's bars in time order, resuming after the last one the topic
@@ -92,9 +146,12 @@ def missing_and_extra_bars(lake: Path) -> tuple[list[tuple[str, str]], list[tupl
     """
     from tickcast.platform import SAMPLE_FILE
 
-    files = [f.removeprefix("file://") for f in table_files(lake, "bars")]
+    con = duckdb.connect()
+    bars = lake.table("bars", COLUMNS["bars"])
+    assert bars is not None, "the lake has no bars table"
+    con.register("lake_bars", bars)
     query = f"""
-        with lake as (select ticker, start, close from read_parquet({files!r}, hive_partitioning=true)),
+        with lake as (select ticker, start, close from lake_bars),
              sample as (select ticker, start, close from read_parquet('{SAMPLE_FILE}')),
              newest as (select ticker, max(start) as last from lake group by ticker),
              expected as (select s.* from sample s join newest n on s.ticker = n.ticker and s.start <= n.last)
@@ -104,7 +161,7 @@ def missing_and_extra_bars(lake: Path) -> tuple[list[tuple[str, str]], list[tupl
         select 'extra', ticker, cast(start as varchar) from (
             select ticker, start, close from lake except all select ticker, start, close from expected)
     """
-    rows = duckdb.sql(query).fetchall()
+    rows = con.sql(query).fetchall()
     return [(t, s) for kind, t, s in rows if kind == "missing"], [(t, s) for kind, t, s in rows if kind == "extra"]
 
 
@@ -267,12 +324,17 @@ def kafka_ingest_to_forecast_s(bootstrap: str, state: Path) -> list[float]:
 
 def test_readme_up_runs_the_whole_platform_and_resumes(tmp_path: Path) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
-    state, lake = tmp_path / "state", tmp_path / "lake"
-    ports = {name: free_port() for name in ("kafka", "ctrl", "serve", "prod", "cons", "fcst", "dash")}
+    state = tmp_path / "state"
+    ports = {
+        name: free_port() for name in ("kafka", "ctrl", "minio", "console", "serve", "prod", "cons", "fcst", "dash")
+    }
+    # No lake settings: the README's command runs the built-in lake on its MinIO, every service
+    # with its own MinIO user, so a grant missing from lake_access.py fails this test.
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith("TICKCAST_LAKE__")},
         "TICKCAST_INFRA__STATE_DIR": str(state),
-        "TICKCAST_LAKE__URL": f"file://{lake}",
+        "TICKCAST_INFRA__MINIO_PORT": str(ports["minio"]),
+        "TICKCAST_INFRA__MINIO_CONSOLE_PORT": str(ports["console"]),
         "TICKCAST_INFRA__KAFKA_PORT": str(ports["kafka"]),
         "TICKCAST_INFRA__KAFKA_CONTROLLER_PORT": str(ports["ctrl"]),
         "TICKCAST_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{ports['kafka']}",
@@ -290,6 +352,7 @@ def test_readme_up_runs_the_whole_platform_and_resumes(tmp_path: Path) -> None:
     }
     command = readme_up_command()
     timings: dict[str, float] = {}
+    lake = LakeView(env)
 
     def start(log: Path) -> subprocess.Popen[bytes]:
         with log.open("wb") as out:
@@ -313,7 +376,7 @@ def test_readme_up_runs_the_whole_platform_and_resumes(tmp_path: Path) -> None:
     try:
         timings["first_forecast_s"] = wait_for(
             "the first forecast in the lake",
-            lambda: lake_count(lake, "select count(*) from {forecasts}") > 0,
+            lambda: lake.ready() and lake_count(lake, "select count(*) from {forecasts}") > 0,
             600,
             proc,
             log1,
@@ -333,7 +396,8 @@ def test_readme_up_runs_the_whole_platform_and_resumes(tmp_path: Path) -> None:
         # -- with everything up, nothing listens beyond this machine (`ss -ltnp`, by process tree)
         listeners = tree_listeners(proc.pid)
         assert not exposed(listeners), "listening beyond loopback:\n" + "\n".join(exposed(listeners))
-        missing = set(ports.values()) - {item.port for item in listeners}
+        # MinIO's console port is set but never bound (its web console is off)
+        missing = {p for name, p in ports.items() if name != "console"} - {item.port for item in listeners}
         assert not missing, f"service ports {sorted(missing)} not among the platform's listeners (is the check blind?)"
         assert any("gcs_server" in item.process for item in listeners)
         assert any("ServeReplica" in item.process for item in listeners)
@@ -395,9 +459,10 @@ def test_readme_up_runs_the_whole_platform_and_resumes(tmp_path: Path) -> None:
         pipeline_latency(dashboard, ARTIFACTS / "platform-pipeline-after-chaos.png")
     finally:
         stop(proc, log1)
-    bars_after_stop = lake_count(lake, "select count(*) from {bars}")
-    forecasts_after_stop = lake_count(lake, "select count(distinct forecast_id) from {forecasts}")
-    missing, extra = missing_and_extra_bars(lake)
+    with lake.online():
+        bars_after_stop = lake_count(lake, "select count(*) from {bars}")
+        forecasts_after_stop = lake_count(lake, "select count(distinct forecast_id) from {forecasts}")
+        missing, extra = missing_and_extra_bars(lake)
     assert not missing and not extra, f"after the kills: missing {missing[:10]}, extra {extra[:10]}"
 
     # -- second run resumes ------------------------------------------------------------
@@ -406,14 +471,17 @@ def test_readme_up_runs_the_whole_platform_and_resumes(tmp_path: Path) -> None:
     try:
         wait_for(
             "new bars after the restart",
-            lambda: lake_count(lake, "select count(*) from {bars}") > bars_after_stop,
+            lambda: lake.ready() and lake_count(lake, "select count(*) from {bars}") > bars_after_stop,
             300,
             proc,
             log2,
         )
         wait_for(
             "new forecasts after the restart",
-            lambda: lake_count(lake, "select count(distinct forecast_id) from {forecasts}") > forecasts_after_stop,
+            lambda: (
+                lake.ready()
+                and lake_count(lake, "select count(distinct forecast_id) from {forecasts}") > forecasts_after_stop
+            ),
             300,
             proc,
             log2,
@@ -422,13 +490,14 @@ def test_readme_up_runs_the_whole_platform_and_resumes(tmp_path: Path) -> None:
         stop(proc, log2)
 
     # -- nothing duplicated across the restart -----------------------------------------
-    duplicated = lake_count(lake, DUPLICATED_BARS)
-    assert duplicated == 0, f"{duplicated} duplicated bars in the lake"
-    duplicated = lake_count(lake, DUPLICATED_FORECAST_STEPS)
-    assert duplicated == 0, f"{duplicated} duplicated forecast steps in the lake"
-    missing, extra = missing_and_extra_bars(lake)
+    with lake.online():
+        duplicated_bars = lake_count(lake, DUPLICATED_BARS)
+        duplicated_steps = lake_count(lake, DUPLICATED_FORECAST_STEPS)
+        missing, extra = missing_and_extra_bars(lake)
+        total = lake_count(lake, "select count(*) from {bars}")
+        steps = lake_count(lake, "select count(*) from {forecasts}")
+    assert duplicated_bars == 0, f"{duplicated_bars} duplicated bars in the lake"
+    assert duplicated_steps == 0, f"{duplicated_steps} duplicated forecast steps in the lake"
     assert not missing and not extra, f"after the restart: missing {missing[:10]}, extra {extra[:10]}"
-    total = lake_count(lake, "select count(*) from {bars}")
-    steps = lake_count(lake, "select count(*) from {forecasts}")
     (ARTIFACTS / "platform-timings.json").write_text(json.dumps(timings, indent=2))
     print(json.dumps({"platform_e2e": timings, "bars": total, "forecast_steps": steps}))

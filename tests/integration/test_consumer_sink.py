@@ -186,9 +186,10 @@ def test_restart_resumes_from_the_commit(settings: Settings, unique_topic: Calla
     assert_exact(s, 1500)
 
 
-def test_s3_lake_on_minio(s3_settings: Settings, unique_topic: Callable[..., str]) -> None:
+def test_s3_lake_on_minio(lake_as: Callable[[str], Settings], unique_topic: Callable[..., str]) -> None:
+    """As the consumer workload's MinIO user: every write and read of the sink is granted."""
     topic, dlq = unique_topic("bars", partitions=2), unique_topic("dlq", partitions=1)
-    s = sink_settings(s3_settings, topic, dlq, flush_records=400)
+    s = sink_settings(lake_as("consumer"), topic, dlq, flush_records=400)
     produce(s, topic, bar_values(1200))  # type: ignore[arg-type]
     stats = Sink(s).run(max_records=1200, timeout=90)
     assert stats.committed == 1200 and stats.commits > 0
@@ -297,13 +298,14 @@ def test_two_processes_share_the_partitions(
 
 
 def test_three_sink_processes_commit_to_one_table_on_minio(
-    s3_settings: Settings, unique_topic: Callable[..., str], tmp_path: Path
+    lake_as: Callable[[str], Settings], unique_topic: Callable[..., str], tmp_path: Path
 ) -> None:
     """Scale-out on S3: three sinks, each owning partitions, commit to one table at the same
-    time (conditional-put commits on MinIO): no commit lost, each bar once."""
+    time (conditional-put commits on MinIO, as the consumer workload's user): no commit lost,
+    each bar once."""
     topic, dlq = unique_topic("bars", partitions=6), unique_topic("dlq", partitions=1)
     s = sink_settings(
-        s3_settings, topic, dlq, flush_records=200, flush_interval_s=1.0, session_timeout_s=6.0, metrics_port=0
+        lake_as("consumer"), topic, dlq, flush_records=200, flush_interval_s=1.0, session_timeout_s=6.0, metrics_port=0
     )
     env = sink_env(s, TICKCAST_LOG_LEVEL="INFO")
     logs = [tmp_path / f"sink-{i}.log" for i in range(3)]

@@ -202,10 +202,16 @@ def test_backfill_killed_mid_way_and_restarted_has_no_gaps_and_no_duplicates(
 
 
 def test_checkpoint_and_open_close_live_in_an_s3_lake(
-    make_settings: Callable[..., Settings], s3_settings: Settings, topics: Topics, server: LocalPolygonServer
+    make_settings: Callable[..., Settings],
+    lake_as: Callable[[str], Settings],
+    topics: Topics,
+    server: LocalPolygonServer,
 ) -> None:
-    """On MinIO (the S3 path): the checkpoint survives the process, so a re-run resumes there."""
-    settings = producer_settings(make_settings, topics, server, lake_url=s3_settings.lake.url)
+    """On MinIO (the S3 path), as the producer workload's MinIO user: the checkpoint survives the
+    process, so a re-run resumes there."""
+    own = lake_as("producer").lake
+    settings = producer_settings(make_settings, topics, server, lake_url=own.url)
+    settings = settings.model_copy(update={"lake": own})
     opts = ProduceOptions(
         source="polygon-rest",
         tickers=("AAPL", "MSFT"),

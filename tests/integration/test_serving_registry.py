@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +18,16 @@ from tickcast.settings import Settings
 pytestmark = pytest.mark.integration
 
 
-def test_registry_entry_on_minio_matches_the_local_checkpoint(s3_settings: Settings, tmp_path: Path) -> None:
+def test_registry_entry_on_minio_matches_the_local_checkpoint(
+    s3_settings: Settings, lake_as: Callable[[str], Settings], tmp_path: Path
+) -> None:
     local = build_tiny_model("chronos2-tiny", tmp_path / "c2", context_length=256, max_horizon=32)
     lake = Lake(s3_settings.lake)
     for path in sorted(local.iterdir()):
         lake.write_bytes(f"models/tiny/1/{path.name}", path.read_bytes())
-    settings = s3_settings.model_copy(
-        update={"infra": s3_settings.infra.model_copy(update={"cache_dir": tmp_path / "cache"})}
-    )
+    # the entry is written as the batch job would (root here), read as the serving workload
+    serving = lake_as("serving")
+    settings = serving.model_copy(update={"infra": serving.infra.model_copy(update={"cache_dir": tmp_path / "cache"})})
 
     by_name = resolve_model(settings, "tiny/1")
     by_uri = resolve_model(settings, lake.uri("models/tiny/1"))

@@ -306,14 +306,15 @@ def test_replay_forecasts_scores_and_restart_without_duplicates(
 def test_serve_outage_coalesces_then_catches_up(
     serve_app: ServeHandle,
     make_settings: Callable[..., Settings],
-    s3_settings: Settings,
+    lake_as: Callable[[str], Settings],
     unique_topic: Callable[..., str],
     kafka_admin: Any,
 ) -> None:
     tickers = ["AAA", "BBB", "CCC", "DDD"]
     n = len(tickers)
-    # this one keeps its lake on MinIO (S3)
-    lake = {"url": s3_settings.lake.url}
+    # this one keeps its lake on MinIO (S3), as the forecaster workload's own MinIO user
+    own = lake_as("forecaster").lake
+    lake = {"url": own.url, "s3_access_key_id": own.s3_access_key_id, "s3_secret_access_key": own.s3_secret_access_key}
     settings = forecaster_settings(make_settings, serve_app, unique_topic("bars"), unique_topic("fc"), lake=lake)
     produce(settings, make_bars(tickers, 0, 10))
     service = ForecasterService(settings)

@@ -7,6 +7,7 @@ model with the Ray Serve app and asks it for a forecast over HTTP.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -54,11 +55,15 @@ def _config() -> TrainConfig:
     )
 
 
-def _finetune_and_load(settings: Settings, tiny_base: str, work: Path) -> None:
+def _finetune_and_load(
+    settings: Settings, tiny_base: str, work: Path, *, setup: Settings | None = None, serving: Settings | None = None
+) -> None:
+    """Fine-tune with ``settings`` (the batch workload's), after ``setup`` wrote the bars, and load
+    the entry back with ``serving``; each defaults to ``settings``."""
     from serving.forecaster import Forecaster
 
+    assert write_sample_to_lake(Lake((setup or settings).lake), start=SINCE) == 2 * 251
     lake = Lake(settings.lake)
-    assert write_sample_to_lake(lake, start=SINCE) == 2 * 251
     entry, result = finetune(
         settings,
         tiny_base,
@@ -82,7 +87,7 @@ def _finetune_and_load(settings: Settings, tiny_base: str, work: Path) -> None:
     assert set(holdout) == {"finetuned", "base", "naive"}
     assert all(np.isfinite(row["WQL"]) for row in holdout.values())
 
-    forecaster = Forecaster.load(settings, "spx-tiny/1")
+    forecaster = Forecaster.load(serving or settings, "spx-tiny/1")
     assert forecaster.info.source == "registry"
     assert (forecaster.info.id, forecaster.info.version) == ("spx-tiny", "1")
     assert forecaster.info.label == entry.label
@@ -136,9 +141,13 @@ def test_finetune_into_file_lake_and_load_back(settings: Settings, tiny_base: st
     _finetune_and_load(settings, tiny_base, tmp_path / "work")
 
 
-def test_finetune_into_minio_lake_and_load_back(s3_settings: Settings, tiny_base: str, tmp_path: Path) -> None:
+def test_finetune_into_minio_lake_and_load_back(
+    s3_settings: Settings, lake_as: Callable[[str], Settings], tiny_base: str, tmp_path: Path
+) -> None:
+    """On MinIO as the workloads run on EKS: the batch job's user trains and registers, the
+    serving user loads; a grant missing from lake_access.py is refused by MinIO."""
     assert s3_settings.lake.url.startswith("s3://")
-    _finetune_and_load(s3_settings, tiny_base, tmp_path / "work")
+    _finetune_and_load(lake_as("batch"), tiny_base, tmp_path / "work", setup=s3_settings, serving=lake_as("serving"))
 
 
 def test_registered_model_is_served_by_the_serve_app(settings: Settings, tiny_base: str, tmp_path: Path) -> None:

@@ -258,6 +258,18 @@ def test_a_failed_run_is_recorded_with_its_reason(tmp_path: Path) -> None:
     assert written["benches"]["train"]["command"] == [".venv/bin/python", "bench/train.py", "--steps", "5"]
     assert written["machine"]["cpus"] >= 1 and written["versions"]["python"]
 
+    # a BENCH_ONLY run (--merge) replaces only what it ran; the rest keeps its entry and commit
+    runs.write_text("")
+    out.write_text(json.dumps({"targets": {}, "errors": {}}))
+    results_mod.main(["add", *common_args, "--name", "sink", "--rc", "0", "--stdout", str(out)])
+    results_mod.main([*write, "--commit", "b" * 40, "--dirty", "no", "--merge"])
+    merged = json.loads(dated.read_text())
+    assert merged["statuses"] == {"train": "missed", "sink": "ok"}
+    assert merged["benches"]["sink"]["commit"] == "b" * 40 and merged["benches"]["train"]["commit"] == "a" * 40
+    # without --merge the file holds this run only
+    results_mod.main([*write, "--commit", "c" * 40, "--dirty", "no"])
+    assert json.loads(dated.read_text())["statuses"] == {"sink": "ok"}
+
 
 # -- a real benchmark's exit status -------------------------------------------------------------
 

@@ -603,19 +603,15 @@ def test_the_derivation_finds_a_missing_grant() -> None:
     assert any("maintain table bars" in p for p in uncovered("maintenance", maintenance))
 
 
-#: Grants the code does not use (least privilege: they should go from lake_access.py). The
-#: dashboard asks Serve for its models over HTTP and shows no open/close data.
-KNOWN_UNUSED: Mapping[str, set[str]] = {"dashboard": {"open_close", "models"}}
-
-
-def test_no_grant_goes_unused_beyond_the_known_ones() -> None:
+def test_no_grant_goes_unused() -> None:
+    """Least privilege: every grant in lake_access.py is one some code path of the workload uses."""
     unused: dict[str, set[str]] = {}
     for workload, access in lake_access().LAKE_ACCESS.items():
         used = {name for (kind, name) in touches(workload) if kind in ("table", "blob")}
         extra = {key for key in access if not any(u == key or u.startswith(key + "/") for u in used)}
         if extra:
             unused[workload] = extra
-    assert unused == KNOWN_UNUSED
+    assert unused == {}, f"grants no code uses (remove them from lake_access.py): {unused}"
 
 
 # -- the local MinIO users get exactly these grants -----------------------------------------------

@@ -117,6 +117,19 @@ def test_pickle_weights_are_refused_with_a_fix(cfg: Settings, tiny: Path, tmp_pa
         resolve_model(cfg, "pickled/1")
 
 
+def test_an_unmerged_lora_adapter_is_refused(cfg: Settings, tiny: Path, tmp_path: Path) -> None:
+    """peft would load the adapter's base from the hub unpinned; tickcast serves merged models only."""
+    adapter = tmp_path / "adapter"
+    shutil.copytree(tiny, adapter)
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "amazon/chronos-2"}))
+    with pytest.raises(ModelError, match="unmerged LoRA adapter") as err:
+        load_pipeline(resolve_model(cfg, str(adapter)), "cpu")
+    assert "merge_and_unload" in (err.value.fix or "")
+    upload(Lake(cfg.lake), adapter, "models/adapter/1")
+    with pytest.raises(ModelError, match="unmerged LoRA adapter"):
+        resolve_model(cfg, "adapter/1")
+
+
 def test_pickle_files_next_to_safetensors_are_never_downloaded(cfg: Settings, tiny: Path, tmp_path: Path) -> None:
     both = shutil.copytree(tiny, tmp_path / "both")
     shutil.copy(_pickle_only(tiny, tmp_path / "p") / "pytorch_model.bin", both / "pytorch_model.bin")

@@ -109,7 +109,11 @@ class InfraManager:
         if outcome == "reused":
             self.progress(f"{name}: already running on {self.service(name).address}")
         if name == "minio" and self.policy_enforced():
-            self.apply_lake_users()
+            self.apply_lake_users()  # creates the lake bucket too
+        elif name == "minio" and uses_local_minio(self.settings.lake, self.settings.infra):
+            minio = self.service("minio")
+            assert isinstance(minio, MinioServer)
+            minio.users.ensure_bucket(bucket_and_prefix(self.settings.lake.url)[0])
         if name == "kafka" and self.settings.infra.kafka_workload_users:
             self.apply_kafka_acls()
         return outcome
