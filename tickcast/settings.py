@@ -278,6 +278,30 @@ class ForecasterSettings(BaseModel):
     ticker_metrics: bool = Field(
         True, description="Export per-ticker score gauges (one series per ticker and metric; off for huge lists)."
     )
+    calibration: bool = Field(
+        True,
+        description="Calibrate the published bands live from the forecaster's own scores (adaptive conformal "
+        "inference); the raw quantiles are kept and stored alongside.",
+    )
+    calibration_coverage: float = Field(
+        0.8,
+        gt=0,
+        lt=1,
+        description="Nominal coverage of the calibrated band (0.8: the 80% band, drawn from the q0.1/q0.9 levels "
+        "and beyond).",
+    )
+    calibration_gamma: float = Field(
+        0.05,
+        gt=0,
+        le=1,
+        description="ACI step size: how far one scored step moves the band's miscoverage level. Coverage is within "
+        "(0.8 + gamma) / (gamma * T) of the target after T scored steps of a key (0.05: 0.05 after about 360).",
+    )
+    calibration_scope: Literal["ticker", "model"] = Field(
+        "ticker",
+        description="One calibration state per ticker, model version and horizon step ('ticker'), or per model "
+        "version and step pooled over tickers ('model': converges in fewer bars, shares one band correction).",
+    )
 
 
 class ConsumerSettings(BaseModel):

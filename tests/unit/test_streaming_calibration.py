@@ -238,3 +238,26 @@ def test_bad_settings_say_what_is_wrong() -> None:
         AdaptiveCalibrator(1.2, GAMMA)
     with pytest.raises(ValueError, match="gamma"):
         AdaptiveCalibrator(TARGET, 0.0)
+
+
+def test_the_scorer_feeds_the_calibrator_and_aggregates_both_bands() -> None:
+    from serving.streaming.scoring import Scorer
+
+    cal = AdaptiveCalibrator(TARGET, GAMMA)
+    scorer = Scorer(window=16, max_pending=8, calibrator=cal)
+    wide = cal.calibrate(forecast("AAA", 0, 100.0, 1.0))
+    wide = Forecast(**{**_fields(wide), "calibrated_lower": [95.0], "calibrated_upper": [105.0]})
+    scorer.add_forecast(wide, 100.0)
+    (score,) = scorer.on_bar("AAA", T0 + timedelta(minutes=1), 102.0)  # outside raw, inside calibrated
+    assert cal.state("AAA", "m", "v1", 1).updates == 1
+    assert cal.alpha("AAA", "m", "v1", 1) == pytest.approx(ALPHA + GAMMA * ALPHA)  # covered: narrower next time
+    plain = forecast("AAA", 1, 100.0, 1.0)  # an uncalibrated forecast: raw only
+    scorer.add_forecast(plain, 102.0)
+    scorer.on_bar("AAA", T0 + timedelta(minutes=2), 100.2)
+    assert cal.state("AAA", "m", "v1", 1).updates == 1
+    (agg,) = scorer.ticker_aggregates()
+    assert (agg.coverage_80, agg.coverage_steps) == (0.5, 2)
+    assert (agg.calibrated_coverage, agg.calibrated_steps) == (1.0, 1)
+    assert agg.calibrated_wql == pytest.approx(score.calibrated_quantile_loss / 102.0)
+    (model,) = scorer.model_aggregates()
+    assert model.calibrated_coverage == 1.0 and model.to_dict()["calibrated_steps"] == 1
