@@ -239,10 +239,10 @@ class Forecast:
         if any(v is not None for v in (self.calibrated_coverage, *band)):
             if self.calibrated_coverage is None or not 0.0 < self.calibrated_coverage < 1.0:
                 raise InvalidRecord(f"calibrated_coverage {self.calibrated_coverage!r} is not in (0, 1)")
-            for name, values in zip(("calibrated_lower", "calibrated_upper", "calibration_alpha"), band, strict=True):
-                if values is None or len(values) != self.horizon:
+            for name, steps in zip(("calibrated_lower", "calibrated_upper", "calibration_alpha"), band, strict=True):
+                if steps is None or len(steps) != self.horizon:
                     raise InvalidRecord(f"{name} needs {self.horizon} steps with calibrated_coverage set")
-                if not all(math.isfinite(v) for v in values):
+                if not all(math.isfinite(v) for v in steps):
                     raise InvalidRecord(f"{name} has non-finite values")
         return self
 
