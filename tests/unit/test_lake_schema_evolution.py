@@ -146,3 +146,23 @@ def test_a_required_column_cannot_be_added(lake: Lake) -> None:
     )
     with pytest.raises(TickcastError, match="lacks the required columns must_have"):
         tables.ensure_table(lake, strict)
+
+
+def test_migrate_of_the_earlier_layout_without_the_new_columns(tmp_path: Path) -> None:
+    """``tickcast lake migrate`` of Hive-layout files written before calibration: nulls, not an error."""
+    import pyarrow.parquet as pq
+
+    from tickcast.lake.migrate import migrate
+
+    old_root = tmp_path / "old"
+    forecast = make_forecast(0)
+    legacy = forecasts_to_table([forecast]).drop_columns(["ticker", "interval", "period", *sorted(NEW["forecasts"])])
+    folder = old_root / "forecasts" / "interval=minute" / "ticker=AAPL" / f"date={T0.date()}"
+    folder.mkdir(parents=True)
+    pq.write_table(legacy, folder / "fc-0.parquet")
+    destination = Lake(LakeSettings(url=f"file://{tmp_path / 'new'}"))
+    report = migrate(Lake(LakeSettings(url=f"file://{old_root}")), destination)
+    assert report.tables["forecasts"]["rows_in_table"] == forecast.horizon
+    assert NEW["forecasts"] <= columns_on_disk(destination, "forecasts")
+    (back,) = rows_to_forecasts(read_forecasts(destination, "AAPL", "minute"), "AAPL", "minute")
+    assert back == forecast and not back.calibrated
