@@ -43,6 +43,7 @@ the scored bands; the lag only lets ``alpha_t`` overshoot by up to about ``gamma
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -80,11 +81,22 @@ def band_at(levels: Sequence[float], values: Sequence[float], alpha: float) -> t
     Raises:
         ValueError: fewer than two distinct levels.
     """
-    points = sorted(zip(levels, values, strict=True))
-    if len({lv for lv, _ in points}) < 2 or len(points) != len({lv for lv, _ in points}):
+    if len(levels) != len(values):
+        raise ValueError(f"{len(levels)} quantile levels but {len(values)} values")
+    zs = _scores(tuple(sorted(float(lv) for lv in levels)))
+    qs = sorted(values)  # monotone rearrangement: crossed quantiles are sorted
+    return _band(zs, qs, alpha)
+
+
+@functools.lru_cache(maxsize=64)
+def _scores(levels: tuple[float, ...]) -> tuple[float, ...]:
+    """The normal scores of sorted quantile levels (a forecaster uses one level set: cached)."""
+    if len(set(levels)) != len(levels) or len(levels) < 2:
         raise ValueError(f"a band needs at least two distinct quantile levels, got {list(levels)}")
-    zs = [_z(lv) for lv, _ in points]
-    qs = sorted(v for _, v in points)  # monotone rearrangement: crossed quantiles are sorted
+    return tuple(_z(lv) for lv in levels)
+
+
+def _band(zs: Sequence[float], qs: Sequence[float], alpha: float) -> tuple[float, float]:
     a = min(max(alpha, ALPHA_MIN), 1.0)
     if a >= 1.0:
         # the empty band of ACI; drawn as a point at the curve's centre
@@ -165,16 +177,18 @@ class AdaptiveCalibrator:
     def calibrate(self, forecast: Forecast) -> Forecast:
         """``forecast`` with its calibrated band (raw quantiles unchanged).
 
-        A forecast with fewer than two quantile levels has no band to calibrate and comes back as it is.
+        A forecast with fewer than two distinct quantile levels has no band to calibrate and
+        comes back as it is (its scores then leave the calibrator unchanged).
         """
         levels = [float(k) for k in forecast.quantiles]
-        if len(set(levels)) < 2:
-            return forecast
+        if len(set(levels)) < 2 or len(set(levels)) != len(levels):
+            return forecast  # nothing to draw a band from (or the same level twice, as "0.1" and "0.10")
+        zs = _scores(tuple(sorted(levels)))
         columns = list(forecast.quantiles.values())
         lower, upper, alphas = [], [], []
         for i in range(forecast.horizon):
             a = self.alpha(forecast.ticker, forecast.model_id, forecast.model_version, i + 1)
-            lo, hi = band_at(levels, [c[i] for c in columns], a)
+            lo, hi = _band(zs, sorted(c[i] for c in columns), a)
             lower.append(lo)
             upper.append(hi)
             alphas.append(a)

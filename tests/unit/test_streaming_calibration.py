@@ -261,3 +261,15 @@ def test_the_scorer_feeds_the_calibrator_and_aggregates_both_bands() -> None:
     assert agg.calibrated_wql == pytest.approx(score.calibrated_quantile_loss / 102.0)
     (model,) = scorer.model_aggregates()
     assert model.calibrated_coverage == 1.0 and model.to_dict()["calibrated_steps"] == 1
+
+
+def test_a_forecast_without_a_band_stays_uncalibrated() -> None:
+    cal = AdaptiveCalibrator(TARGET, GAMMA)
+    median_only = Forecast(**{**_fields(forecast("AAA", 0, 100.0, 1.0)), "quantiles": {"0.5": [100.0]}})
+    assert cal.calibrate(median_only) == median_only and not median_only.calibrated
+    same_level_twice = Forecast(
+        **{**_fields(forecast("AAA", 0, 100.0, 1.0)), "quantiles": {"0.1": [99.0], "0.10": [98.0], "0.9": [101.0]}}
+    )
+    assert not cal.calibrate(same_level_twice).calibrated
+    with pytest.raises(ValueError, match="2 quantile levels but 3 values"):
+        band_at([0.1, 0.9], [1.0, 2.0, 3.0], ALPHA)
