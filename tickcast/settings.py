@@ -294,8 +294,9 @@ class ForecasterSettings(BaseModel):
         0.05,
         gt=0,
         le=1,
-        description="ACI step size: how far one scored step moves the band's miscoverage level. Coverage is within "
-        "(0.8 + gamma) / (gamma * T) of the target after T scored steps of a key (0.05: 0.05 after about 360).",
+        description="ACI step size: how far one scored step moves the band's miscoverage level. The mean coverage "
+        "of a key's first T scored steps is within (max(c, 1 - c) + 2 gamma) / (gamma T) of the target c "
+        "(0.05 and c = 0.8: within 0.05 after 360 steps); larger adapts faster and jitters more.",
     )
     calibration_scope: Literal["ticker", "model"] = Field(
         "ticker",
