@@ -287,8 +287,8 @@ class ForecasterSettings(BaseModel):
         0.8,
         gt=0,
         lt=1,
-        description="Nominal coverage of the calibrated band (0.8: the 80% band, drawn from the q0.1/q0.9 levels "
-        "and beyond).",
+        description="Nominal coverage c of the calibrated band (0.8: the 80% band). The band is read off the raw "
+        "quantiles (interpolated, and extrapolated past the outermost levels, in normal scores).",
     )
     calibration_gamma: float = Field(
         0.05,
