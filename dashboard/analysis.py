@@ -309,7 +309,21 @@ def data_quality(df: pd.DataFrame, interval: str) -> QualityReport:
 
 
 # -- forecast scores ----------------------------------------------------------------------------
-SCORE_SUMS = ("abs_error", "naive_abs_error", "quantile_loss", "abs_actual", "covered", "has_coverage")
+SCORE_SUMS = (
+    "abs_error",
+    "naive_abs_error",
+    "quantile_loss",
+    "abs_actual",
+    "covered",
+    "has_coverage",
+    # the live-calibrated band (serving.streaming.calibration): zero where a step had none
+    "cal_covered",
+    "has_cal",
+    "cal_quantile_loss",
+    "cal_abs_actual",
+)
+#: The score metrics, raw and calibrated (NaN where no step of a group had a calibrated band).
+SCORE_METRICS = ("MASE", "WQL", "coverage_80", "coverage_calibrated", "WQL_calibrated")
 
 
 def scores_frame(table: pa.Table) -> pd.DataFrame:
@@ -321,6 +335,17 @@ def scores_frame(table: pa.Table) -> pd.DataFrame:
     df["abs_actual"] = df["actual"].abs()
     df["has_coverage"] = df["covered_80"].notna().astype(float)
     df["covered"] = df["covered_80"].fillna(False).astype(float)
+    # scores written before calibration existed have no such columns (or nulls)
+    cal = df["calibrated_covered"] if "calibrated_covered" in df else pd.Series(None, index=df.index, dtype=object)
+    cal_ql = (
+        df["calibrated_quantile_loss"]
+        if "calibrated_quantile_loss" in df
+        else pd.Series(np.nan, index=df.index, dtype=float)
+    )
+    df["has_cal"] = cal.notna().astype(float)
+    df["cal_covered"] = cal.eq(True).astype(float)  # nulls (no band) count as not covered, not as steps
+    df["cal_quantile_loss"] = cal_ql.astype(float).fillna(0.0)
+    df["cal_abs_actual"] = df["abs_actual"].where(cal_ql.notna(), 0.0)
     return df.sort_values(["target_start", "step"], kind="stable").reset_index(drop=True)
 
 
@@ -331,6 +356,8 @@ def _metrics(sums: pd.DataFrame) -> pd.DataFrame:
                 "MASE": sums["abs_error"] / sums["naive_abs_error"].where(sums["naive_abs_error"] > 0),
                 "WQL": sums["quantile_loss"] / sums["abs_actual"].where(sums["abs_actual"] > 0),
                 "coverage_80": sums["covered"] / sums["has_coverage"].where(sums["has_coverage"] > 0),
+                "coverage_calibrated": sums["cal_covered"] / sums["has_cal"].where(sums["has_cal"] > 0),
+                "WQL_calibrated": sums["cal_quantile_loss"] / sums["cal_abs_actual"].where(sums["cal_abs_actual"] > 0),
             },
             index=sums.index,
         )
@@ -341,10 +368,11 @@ def score_summary(df: pd.DataFrame, by: Sequence[str] = ("model",)) -> pd.DataFr
 
     MASE is the summed absolute error over the summed error of the naive (last value)
     forecast; WQL the summed quantile loss over the summed absolute actuals; coverage the
-    share of actuals inside the 80% interval (0.8 is calibrated).
+    share of actuals inside the 80% interval (0.8 is calibrated); ``coverage_calibrated`` and
+    ``WQL_calibrated`` the same for the live-calibrated band, over the steps that had one.
     """
     if df.empty:
-        return pd.DataFrame(columns=[*by, "MASE", "WQL", "coverage_80", "MAE", "steps"])
+        return pd.DataFrame(columns=[*by, *SCORE_METRICS, "MAE", "steps"])
     grouped = df.groupby(list(by), sort=True)
     sums = grouped[list(SCORE_SUMS)].sum()
     out = _metrics(sums)
@@ -354,12 +382,13 @@ def score_summary(df: pd.DataFrame, by: Sequence[str] = ("model",)) -> pd.DataFr
 
 
 def rolling_scores(df: pd.DataFrame, window: int = 256, max_points: int = 2000) -> pd.DataFrame:
-    """MASE, WQL and coverage over the last ``window`` scored steps, per model, over time.
+    """MASE, WQL and coverage (raw and calibrated) over the last ``window`` scored steps, per
+    model, over time.
 
     Returns one row per model and target time (thinned to ``max_points`` per model).
     """
     if df.empty:
-        return pd.DataFrame(columns=["model", "target_start", "MASE", "WQL", "coverage_80", "steps"])
+        return pd.DataFrame(columns=["model", "target_start", *SCORE_METRICS, "steps"])
     frames = []
     for model, group in df.groupby("model", sort=True):
         sums = group[list(SCORE_SUMS)].rolling(window, min_periods=1).sum()
@@ -373,7 +402,7 @@ def rolling_scores(df: pd.DataFrame, window: int = 256, max_points: int = 2000) 
             keep = np.unique(np.linspace(0, len(metrics) - 1, max_points).round().astype(int))
             metrics = metrics.iloc[keep]
         frames.append(metrics)
-    return pd.concat(frames, ignore_index=True)[["model", "target_start", "MASE", "WQL", "coverage_80", "steps"]]
+    return pd.concat(frames, ignore_index=True)[["model", "target_start", *SCORE_METRICS, "steps"]]
 
 
 # -- forecasts ----------------------------------------------------------------------------------

@@ -25,6 +25,11 @@ PAST_BAND = "rgba(120, 144, 156, 0.22)"
 BASELINE = "#9e9e9e"
 BAND_NAME = "80% band (p10–p90)"
 PAST_BAND_NAME = "past 1-step 80% band"
+CALIBRATED = "#6a1b9a"
+#: The live-calibrated band (serving.streaming.calibration) drawn over the raw one.
+CALIBRATED_BAND_NAME = "calibrated 80% band (live)"
+#: Appended to a model's name for its calibrated-band scores on the Quality page.
+CALIBRATED_SUFFIX = " · calibrated"
 MODEL_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 BASELINES = ("naive", "seasonal_naive", "auto_ets")
 
@@ -69,7 +74,9 @@ def price_figure(
         bucket: their width (for labels).
         interval_seconds: width of the raw bars (forecast steps are labelled at that resolution).
         title: chart title.
-        forecast: steps of one forecast (``step_start``, ``p10``, ``p50``, ``p90``, ``last_bar_start``).
+        forecast: steps of one forecast (``step_start``, ``p10``, ``p50``, ``p90``, ``last_bar_start``;
+            with ``calibrated_lower``/``calibrated_upper`` the live-calibrated band is drawn too, as
+            dashed lines over the raw band).
         anchor_close: the target value at the forecast's last bar; the median and band start there.
         history: step-1 forecasts over time (``step_start``, ``p10``, ``p90``): a faint past band.
         model_label: the forecasting model, for the legend.
@@ -149,6 +156,28 @@ def price_figure(
                 row=row,
                 col=1,
             )
+        if {"calibrated_lower", "calibrated_upper"} <= set(forecast.columns):
+            lo = forecast["calibrated_lower"].astype(float).tolist()
+            hi = forecast["calibrated_upper"].astype(float).tolist()
+            if anchor_close is not None and np.isfinite(anchor_close):
+                lo, hi = [anchor_close, *lo], [anchor_close, *hi]
+            if np.isfinite(lo).all() and np.isfinite(hi).all():
+                for k, (values, name) in enumerate(((hi, "calibrated upper"), (lo, CALIBRATED_BAND_NAME))):
+                    fig.add_trace(
+                        go.Scatter(
+                            x=fx,
+                            y=values,
+                            mode="lines",
+                            line={"color": CALIBRATED, "width": 1.5, "dash": "dash"},
+                            name=name,
+                            legendgroup="calibrated",
+                            showlegend=k == 1,
+                            customdata=np.column_stack([lo, hi]),
+                            hovertemplate="calibrated 80%: %{customdata[0]:.4g} – %{customdata[1]:.4g}<extra></extra>",
+                        ),
+                        row=row,
+                        col=1,
+                    )
         fig.add_trace(
             go.Scatter(
                 x=fx,
@@ -193,14 +222,18 @@ def _model_color(models: Sequence[str], model: str) -> str:
 
 
 def rolling_scores_figure(rolling: pd.DataFrame, window: int, height: int = 620) -> go.Figure:
-    """Coverage, WQL and MASE over time, one line per model, with the nominal coverage and the naive MASE."""
+    """Coverage, WQL and MASE over time, one line per model, with the nominal coverage and the naive MASE.
+
+    Where scores carry the live-calibrated band, its coverage and WQL are drawn too (dashed,
+    named ``<model> · calibrated``): coverage before and after calibration, side by side.
+    """
     fig = make_subplots(
         rows=3,
         cols=1,
         shared_xaxes=True,
         vertical_spacing=0.06,
         subplot_titles=(
-            f"80% coverage (last {window} steps; 0.8 is calibrated)",
+            f"80% coverage (last {window} steps; raw solid, calibrated dashed; 0.8 is the target)",
             "WQL (weighted quantile loss; lower is better)",
             "MASE (vs the last-value forecast; below 1 beats it)",
         ),
@@ -219,6 +252,22 @@ def rolling_scores_figure(rolling: pd.DataFrame, window: int, height: int = 620)
                     legendgroup=model,
                     showlegend=row == 1,
                     line={"color": color},
+                ),
+                row=row,
+                col=1,
+            )
+        for row, col in ((1, "coverage_calibrated"), (2, "WQL_calibrated")):
+            if col not in part or not part[col].notna().any():
+                continue
+            fig.add_trace(
+                go.Scatter(
+                    x=part["target_start"],
+                    y=part[col],
+                    mode="lines",
+                    name=model + CALIBRATED_SUFFIX,
+                    legendgroup=model + CALIBRATED_SUFFIX,
+                    showlegend=row == 1,
+                    line={"color": color, "dash": "dash"},
                 ),
                 row=row,
                 col=1,

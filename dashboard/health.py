@@ -370,16 +370,21 @@ def _max(metrics: Metrics | None, name: str) -> float | None:
 
 
 def model_scores(metrics: Metrics | None) -> list[dict[str, Any]]:
-    """The forecaster's rolling MASE, WQL and coverage per model."""
+    """The forecaster's rolling MASE, WQL and coverage per model, and the coverage and WQL of
+    its live-calibrated band when it calibrates."""
     if not metrics:
         return []
     rows: dict[tuple[str, str], dict[str, Any]] = {}
-    for column, name in (
-        ("MASE", "tickcast_forecaster_mase"),
-        ("WQL", "tickcast_forecaster_wql"),
-        ("coverage_80", "tickcast_forecaster_coverage_80"),
+    for column, name, band in (
+        ("MASE", "tickcast_forecaster_mase", None),
+        ("WQL", "tickcast_forecaster_wql", None),
+        ("coverage_80", "tickcast_forecaster_coverage_80", None),
+        ("coverage_calibrated", "tickcast_forecaster_live_coverage", "calibrated"),
+        ("WQL_calibrated", "tickcast_forecaster_calibrated_wql", None),
     ):
         for labels, value in metrics.get(name, []):
+            if band is not None and labels.get("band") != band:
+                continue
             key = (labels.get("model", "?"), labels.get("version", "?"))
             rows.setdefault(key, {"model": key[0], "version": key[1]})[column] = value
     return list(rows.values())

@@ -95,6 +95,20 @@ def make_forecasts(bars: Sequence[Bar], every: int, horizon: int, model_version:
     return out
 
 
+def calibrate(forecasts: Sequence[Forecast], bars: Sequence[Bar]) -> list[Forecast]:
+    """The forecasts with live-calibrated bands, as the forecaster would draw them (a lag aside)."""
+    from serving.streaming.calibration import AdaptiveCalibrator
+
+    cal = AdaptiveCalibrator(0.8, 0.05)
+    out = []
+    for f in forecasts:
+        f = cal.calibrate(f)
+        out.append(f)
+        for score in score_forecasts([f], bars):
+            cal.update(score)
+    return out
+
+
 def score_forecasts(forecasts: Sequence[Forecast], bars: Sequence[Bar]) -> list[Score]:
     """Score every step whose bar exists (as the streaming scorer does)."""
     by_start = {b.start: b for b in bars}
@@ -120,8 +134,13 @@ def write_sample(
     forecasts: bool = True,
     scores: bool = True,
     spike: bool = True,
+    calibrated: bool = False,
 ) -> SampleLake:
-    """Write bars (and forecasts and scores) of ``tickers`` into ``lake``: one commit per table."""
+    """Write bars (and forecasts and scores) of ``tickers`` into ``lake``: one commit per table.
+
+    With ``calibrated`` the forecasts carry the live-calibrated band (an ACI calibrator per
+    ticker, fed each forecast's scores before the next forecast is calibrated).
+    """
     starts = session_starts(interval, days, bars_per_day, first_day)
     out = SampleLake({}, {}, {})
     for k, ticker in enumerate(tickers):
@@ -129,6 +148,8 @@ def write_sample(
         out.bars[ticker] = bars
         if forecasts:
             out.forecasts[ticker] = make_forecasts(bars, every, horizon)
+            if calibrated:
+                out.forecasts[ticker] = calibrate(out.forecasts[ticker], bars)
             if scores:
                 out.scores[ticker] = score_forecasts(out.forecasts[ticker], bars)
     lake.write_bars([b for bars in out.bars.values() for b in bars])

@@ -186,7 +186,12 @@ def forecast_id(ticker: str, interval: str, model_id: str, model_version: str, t
 class Forecast:
     """A probabilistic forecast of ``target`` for the ``horizon`` bars after ``last_bar_start``.
 
-    ``quantiles`` maps a level such as ``"0.1"`` to one value per step.
+    ``quantiles`` maps a level such as ``"0.1"`` to one value per step. The raw quantiles are
+    the model's; a forecaster that calibrates its bands live (``serving.streaming.calibration``)
+    adds the calibrated band for the nominal coverage ``calibrated_coverage`` (0.8: the 80%
+    band) as ``calibrated_lower``/``calibrated_upper``, and the miscoverage level each step's
+    band was drawn at as ``calibration_alpha``. All four are absent (None) on uncalibrated
+    forecasts and on records written before calibration existed.
     """
 
     ticker: str
@@ -201,6 +206,10 @@ class Forecast:
     quantiles: dict[str, list[float]]
     bar_event_time: datetime | None = None
     id: str = field(default="")
+    calibrated_coverage: float | None = None
+    calibrated_lower: list[float] | None = None
+    calibrated_upper: list[float] | None = None
+    calibration_alpha: list[float] | None = None
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -226,7 +235,21 @@ class Forecast:
             raise InvalidRecord("mean has non-finite values")
         if self.interval not in INTERVALS:
             raise InvalidRecord(f"interval {self.interval!r} unknown")
+        band = (self.calibrated_lower, self.calibrated_upper, self.calibration_alpha)
+        if any(v is not None for v in (self.calibrated_coverage, *band)):
+            if self.calibrated_coverage is None or not 0.0 < self.calibrated_coverage < 1.0:
+                raise InvalidRecord(f"calibrated_coverage {self.calibrated_coverage!r} is not in (0, 1)")
+            for name, steps in zip(("calibrated_lower", "calibrated_upper", "calibration_alpha"), band, strict=True):
+                if steps is None or len(steps) != self.horizon:
+                    raise InvalidRecord(f"{name} needs {self.horizon} steps with calibrated_coverage set")
+                if not all(math.isfinite(v) for v in steps):
+                    raise InvalidRecord(f"{name} has non-finite values")
         return self
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the forecast carries a calibrated band."""
+        return self.calibrated_coverage is not None
 
     def step_starts(self) -> list[datetime]:
         """Start time of each forecast step's bar."""
@@ -249,6 +272,17 @@ class Forecast:
             "target": self.target,
             "mean": list(self.mean),
             "quantiles": {k: list(v) for k, v in self.quantiles.items()},
+            # only when calibrated: an uncalibrated forecast's wire form is what it always was
+            **(
+                {
+                    "calibrated_coverage": self.calibrated_coverage,
+                    "calibrated_lower": list(self.calibrated_lower or ()),
+                    "calibrated_upper": list(self.calibrated_upper or ()),
+                    "calibration_alpha": list(self.calibration_alpha or ()),
+                }
+                if self.calibrated
+                else {}
+            ),
         }
 
     def to_json(self) -> bytes:
@@ -274,6 +308,10 @@ class Forecast:
                 target=data["target"],
                 mean=[float(v) for v in data["mean"]],
                 quantiles={str(k): [float(x) for x in v] for k, v in data["quantiles"].items()},
+                calibrated_coverage=_opt_float(data.get("calibrated_coverage")),
+                calibrated_lower=_opt_floats(data.get("calibrated_lower")),
+                calibrated_upper=_opt_floats(data.get("calibrated_upper")),
+                calibration_alpha=_opt_floats(data.get("calibration_alpha")),
             )
         except KeyError as exc:
             raise InvalidRecord(f"missing field {exc.args[0]!r}") from None
@@ -289,6 +327,14 @@ class Forecast:
             if isinstance(exc, InvalidRecord):
                 raise
             raise InvalidRecord(f"not JSON: {exc}") from None
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _opt_floats(values: Any) -> list[float] | None:
+    return None if values is None else [float(v) for v in values]
 
 
 def quantile_loss(actual: float, level: float, predicted: float) -> float:
@@ -322,6 +368,13 @@ class Score:
     upper_80: float | None
     covered_80: bool | None
     naive_abs_error: float
+    # the forecast's calibrated band at this step (None when it had none; records written
+    # before calibration existed read back with these as None)
+    calibrated_coverage: float | None = None
+    calibrated_lower: float | None = None
+    calibrated_upper: float | None = None
+    calibrated_covered: bool | None = None
+    calibrated_quantile_loss: float | None = None
 
     @classmethod
     def compute(cls, forecast: Forecast, step: int, actual: float, last_actual: float) -> Score:
@@ -329,6 +382,11 @@ class Score:
 
         ``last_actual`` is the target at the forecast's last seen bar; the naive error
         ``|actual - last_actual|`` is kept so MASE can be computed over any window.
+
+        A calibrated forecast's step also gets ``calibrated_covered`` and
+        ``calibrated_quantile_loss``: the quantile loss with the raw quantiles at the band's
+        levels (0.1 and 0.9 for the 80% band) replaced by the calibrated bounds, the other
+        levels as they are (None when the forecast lacks either of those levels).
         """
         i = step - 1
         levels = {float(k): v[i] for k, v in forecast.quantiles.items()}
@@ -336,6 +394,24 @@ class Score:
         losses = [quantile_loss(actual, q, p) for q, p in levels.items()]
         lower, upper = levels.get(0.1), levels.get(0.9)
         covered = None if lower is None or upper is None else bool(lower <= actual <= upper)
+        cal: dict[str, Any] = {}
+        if forecast.calibrated:
+            assert forecast.calibrated_lower is not None and forecast.calibrated_upper is not None
+            c = float(forecast.calibrated_coverage)  # type: ignore[arg-type]
+            lo, hi = forecast.calibrated_lower[i], forecast.calibrated_upper[i]
+            low_level = next((q for q in levels if math.isclose(q, (1.0 - c) / 2.0)), None)
+            high_level = next((q for q in levels if math.isclose(q, (1.0 + c) / 2.0)), None)
+            cal_loss = None
+            if low_level is not None and high_level is not None:
+                swapped = {**levels, low_level: lo, high_level: hi}
+                cal_loss = sum(quantile_loss(actual, q, p) for q, p in swapped.items()) / len(swapped)
+            cal = {
+                "calibrated_coverage": c,
+                "calibrated_lower": float(lo),
+                "calibrated_upper": float(hi),
+                "calibrated_covered": bool(lo <= actual <= hi),
+                "calibrated_quantile_loss": cal_loss,
+            }
         return cls(
             forecast_id=forecast.id,
             ticker=forecast.ticker,
@@ -355,6 +431,7 @@ class Score:
             upper_80=upper,
             covered_80=covered,
             naive_abs_error=abs(float(actual) - float(last_actual)),
+            **cal,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -378,6 +455,11 @@ class Score:
             "upper_80": self.upper_80,
             "covered_80": self.covered_80,
             "naive_abs_error": self.naive_abs_error,
+            "calibrated_coverage": self.calibrated_coverage,
+            "calibrated_lower": self.calibrated_lower,
+            "calibrated_upper": self.calibrated_upper,
+            "calibrated_covered": self.calibrated_covered,
+            "calibrated_quantile_loss": self.calibrated_quantile_loss,
         }
 
 

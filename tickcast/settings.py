@@ -286,6 +286,31 @@ class ForecasterSettings(BaseModel):
     ticker_metrics: bool = Field(
         True, description="Export per-ticker score gauges (one series per ticker and metric; off for huge lists)."
     )
+    calibration: bool = Field(
+        True,
+        description="Calibrate the published bands live from the forecaster's own scores (adaptive conformal "
+        "inference); the raw quantiles are kept and stored alongside.",
+    )
+    calibration_coverage: float = Field(
+        0.8,
+        gt=0,
+        lt=1,
+        description="Nominal coverage c of the calibrated band (0.8: the 80% band). The band is read off the raw "
+        "quantiles (interpolated, and extrapolated past the outermost levels, in normal scores).",
+    )
+    calibration_gamma: float = Field(
+        0.05,
+        gt=0,
+        le=1,
+        description="ACI step size: how far one scored step moves the band's miscoverage level. The mean coverage "
+        "of a key's first T scored steps is within (max(c, 1 - c) + 2 gamma) / (gamma T) of the target c "
+        "(0.05 and c = 0.8: within 0.05 after 360 steps); larger adapts faster and jitters more.",
+    )
+    calibration_scope: Literal["ticker", "model"] = Field(
+        "ticker",
+        description="One calibration state per ticker, model version and horizon step ('ticker'), or per model "
+        "version and step pooled over tickers ('model': converges in fewer bars, shares one band correction).",
+    )
 
 
 class ConsumerSettings(BaseModel):

@@ -1,5 +1,6 @@
 """Live: the newest bars of a ticker as candles and volume, with the latest forecast's median
-and 80% band drawn after the last bar it saw. The chart area refreshes on its own (a
+and 80% band drawn after the last bar it saw (and, when the forecaster calibrates live, the
+calibrated 80% band as dashed lines). The chart area refreshes on its own (a
 Streamlit fragment), so the rest of the page stays put and nothing flickers."""
 
 from __future__ import annotations
@@ -80,6 +81,9 @@ def live_panel(sel: Selection, range_label: str, span: timedelta | None, show_pa
             band = (
                 f"80%: {end['p10']:,.4g} – {end['p90']:,.4g}" if pd.notna(end["p10"]) and pd.notna(end["p90"]) else ""
             )
+            lo, hi = end.get("calibrated_lower"), end.get("calibrated_upper")
+            if lo is not None and hi is not None and pd.notna(lo) and pd.notna(hi):
+                band = f"{band} · calibrated: {lo:,.4g} – {hi:,.4g}".lstrip(" ·")
             cols[3].metric(
                 f"Median in {len(latest)} steps",
                 f"{end['p50']:,.4g}",

@@ -15,12 +15,18 @@ from dashboard.common import Selection
 METRIC_HELP = (
     "**MASE**: summed absolute error of the median over that of the last-value forecast (below 1 beats it). "
     "**WQL**: summed quantile loss over summed absolute actuals (lower is better). "
-    "**coverage_80**: share of actuals inside the 80% band (0.8 is calibrated)."
+    "**coverage_80**: share of actuals inside the model's raw 80% band (0.8 is calibrated). "
+    "**coverage_calibrated**, **WQL_calibrated**: the same for the band the forecaster calibrates live "
+    "from its own scores (adaptive conformal inference), over the steps that had one."
 )
 FORMATS = {
     "MASE": "{:.3f}",
     "WQL": "{:.5f}",
     "coverage_80": "{:.1%}",
+    "coverage_calibrated": "{:.1%}",
+    "WQL_calibrated": "{:.5f}",
+    "calibrated_coverage": "{:.1%}",
+    "calibrated_wql": "{:.5f}",
     "MAE": "{:.4g}",
     "MASE_vs_naive": "{:.3f}",
     "WQL_vs_naive": "{:.3f}",

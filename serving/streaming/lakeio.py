@@ -107,7 +107,14 @@ _FORECAST_COLUMNS = (
     "mean",
     "quantile_levels",
     "quantile_values",
+    "calibrated_coverage",
+    "calibrated_lower",
+    "calibrated_upper",
+    "calibration_alpha",
 )
+
+
+_CALIBRATED = ("calibrated_lower", "calibrated_upper", "calibration_alpha")
 
 
 def rows_to_forecasts(table: pa.Table, ticker: str, interval: str) -> list[Forecast]:
@@ -123,6 +130,10 @@ def rows_to_forecasts(table: pa.Table, ticker: str, interval: str) -> list[Forec
         first = rows[0]
         levels = columns["quantile_levels"][first] or []
         values = columns["quantile_values"]
+        band = {name: [columns[name][r] for r in rows] for name in _CALIBRATED}
+        calibrated = columns["calibrated_coverage"][first] is not None and all(
+            v is not None for values_ in band.values() for v in values_
+        )
         out.append(
             Forecast(
                 id=fid,
@@ -137,6 +148,11 @@ def rows_to_forecasts(table: pa.Table, ticker: str, interval: str) -> list[Forec
                 target=columns["target"][first],
                 mean=[float(columns["mean"][r]) for r in rows],
                 quantiles={str(level): [values[r][i] for r in rows] for i, level in enumerate(levels)},
+                # rows written before calibration (or uncalibrated) have nulls: no band then
+                calibrated_coverage=columns["calibrated_coverage"][first] if calibrated else None,
+                calibrated_lower=band["calibrated_lower"] if calibrated else None,
+                calibrated_upper=band["calibrated_upper"] if calibrated else None,
+                calibration_alpha=band["calibration_alpha"] if calibrated else None,
             )
         )
     out.sort(key=lambda f: f.last_bar_start)

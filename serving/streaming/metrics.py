@@ -81,6 +81,10 @@ class ForecasterMetrics:
     ticker_mase: Any
     ticker_wql: Any
     ticker_coverage: Any
+    live_coverage: Any
+    calibrated_wql: Any
+    calibration_alpha: Any
+    ticker_calibrated_coverage: Any
 
 
 @functools.cache
@@ -134,5 +138,27 @@ def metrics() -> ForecasterMetrics:
         ticker_wql=Gauge(p + "ticker_wql", "Rolling weighted quantile loss per ticker and model.", ["ticker", *model]),
         ticker_coverage=Gauge(
             p + "ticker_coverage_80", "Rolling coverage of the 80% interval per ticker and model.", ["ticker", *model]
+        ),
+        live_coverage=Gauge(
+            p + "live_coverage",
+            "Rolling coverage per model of the raw 80% band (band=raw) and of the live-calibrated band "
+            "(band=calibrated, nominal coverage TICKCAST_FORECASTER__CALIBRATION_COVERAGE).",
+            [*model, "band"],
+        ),
+        calibrated_wql=Gauge(
+            p + "calibrated_wql",
+            "Rolling weighted quantile loss per model with the band's raw quantiles replaced by the calibrated bounds.",
+            model,
+        ),
+        calibration_alpha=Gauge(
+            p + "calibration_alpha",
+            "Mean miscoverage level alpha_t the calibrated bands are drawn at, per model (the target is "
+            "1 - calibration coverage; lower means wider bands).",
+            model,
+        ),
+        ticker_calibrated_coverage=Gauge(
+            p + "ticker_calibrated_coverage",
+            "Rolling coverage of the live-calibrated band per ticker and model.",
+            ["ticker", *model],
         ),
     )

@@ -11,7 +11,10 @@ Rolling aggregates over the last ``window`` scored steps of each (ticker, model,
   last value the forecast saw, so MASE < 1 beats "no change");
 - WQL = sum of quantile losses / sum of |actual| (the standard weighted quantile loss;
   ``Score.quantile_loss`` already averages the levels and carries the factor 2);
-- coverage of the 80% interval = covered steps / steps with both bounds.
+- coverage of the 80% interval = covered steps / steps with both bounds;
+- the same coverage and WQL of the calibrated band (:mod:`.calibration`) over the steps that
+  had one: ``calibrated_coverage`` and ``calibrated_wql`` (the WQL with the band's two raw
+  quantiles replaced by the calibrated bounds), so raw and calibrated compare side by side.
 
 Per model the aggregates pool the windows of all its tickers (sums, then ratios), so a
 model's MASE is the ratio of its summed errors, not an average of ratios.
@@ -33,8 +36,12 @@ import numpy as np
 
 from tickcast.contracts import Forecast, Score
 
-# Columns of a score window: abs error, naive abs error, quantile loss, |actual|, covered (nan = unknown).
-_ABS, _NAIVE, _QL, _ACT, _COV = range(5)
+from .calibration import AdaptiveCalibrator
+
+# Columns of a score window: abs error, naive abs error, quantile loss, |actual|, covered (nan =
+# unknown), then for calibrated steps: covered by the calibrated band, its quantile loss, |actual|.
+_ABS, _NAIVE, _QL, _ACT, _COV, _CCOV, _CQL, _CACT = range(8)
+_COLUMNS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +57,9 @@ class Aggregate:
     wql: float | None
     coverage_80: float | None
     coverage_steps: int
+    calibrated_coverage: float | None = None
+    calibrated_wql: float | None = None
+    calibrated_steps: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """A flat dict for Parquet rows and JSON."""
@@ -64,6 +74,9 @@ class Aggregate:
             "wql": self.wql,
             "coverage_80": self.coverage_80,
             "coverage_steps": self.coverage_steps,
+            "calibrated_coverage": self.calibrated_coverage,
+            "calibrated_wql": self.calibrated_wql,
+            "calibrated_steps": self.calibrated_steps,
         }
 
 
@@ -72,9 +85,10 @@ def _ratio(num: float, den: float) -> float | None:
 
 
 def aggregate_sums(
-    sums: np.ndarray, steps: int, cov_steps: int, ticker: str | None, model: tuple[str, str]
+    sums: np.ndarray, steps: int, cov_steps: int, ticker: str | None, model: tuple[str, str], cal_steps: int = 0
 ) -> Aggregate:
-    """Turn window sums (abs, naive, ql, |actual|, covered) into an :class:`Aggregate`."""
+    """Turn window sums (abs, naive, ql, |actual|, covered, calibrated covered, ql, |actual|)
+    into an :class:`Aggregate`."""
     return Aggregate(
         ticker=ticker,
         model_id=model[0],
@@ -85,6 +99,9 @@ def aggregate_sums(
         wql=_ratio(float(sums[_QL]), float(sums[_ACT])),
         coverage_80=float(sums[_COV] / cov_steps) if cov_steps else None,
         coverage_steps=cov_steps,
+        calibrated_coverage=float(sums[_CCOV] / cal_steps) if cal_steps else None,
+        calibrated_wql=_ratio(float(sums[_CQL]), float(sums[_CACT])) if cal_steps else None,
+        calibrated_steps=cal_steps,
     )
 
 
@@ -94,7 +111,7 @@ class ScoreWindow:
     __slots__ = ("_data", "_head", "count", "total")
 
     def __init__(self, size: int) -> None:
-        self._data = np.full((size, 5), np.nan)
+        self._data = np.full((size, _COLUMNS), np.nan)
         self._head = 0
         self.count = 0
         self.total = 0
@@ -102,19 +119,23 @@ class ScoreWindow:
     def add(self, score: Score) -> None:
         """Push one score, dropping the oldest when full."""
         covered = math.nan if score.covered_80 is None else float(score.covered_80)
-        row = (score.abs_error, score.naive_abs_error, score.quantile_loss, abs(score.actual), covered)
+        ccov = math.nan if score.calibrated_covered is None else float(score.calibrated_covered)
+        cql = math.nan if score.calibrated_quantile_loss is None else score.calibrated_quantile_loss
+        cact = math.nan if score.calibrated_quantile_loss is None else abs(score.actual)
+        row = (score.abs_error, score.naive_abs_error, score.quantile_loss, abs(score.actual), covered, ccov, cql, cact)
         self._data[self._head] = row
         self._head = (self._head + 1) % len(self._data)
         self.count = min(self.count + 1, len(self._data))
         self.total += 1
 
-    def sums(self) -> tuple[np.ndarray, int, int]:
-        """Column sums over the window, the step count and the steps with a known coverage."""
+    def sums(self) -> tuple[np.ndarray, int, int, int]:
+        """Column sums over the window, the step count, the steps with a known coverage and
+        the steps with a calibrated band."""
         rows = self._data[: self.count] if self.count < len(self._data) else self._data
-        cov = rows[:, _COV]
-        known = int(np.count_nonzero(~np.isnan(cov)))
-        sums = np.nansum(rows, axis=0) if self.count else np.zeros(5)
-        return sums, self.count, known
+        known = int(np.count_nonzero(~np.isnan(rows[:, _COV])))
+        calibrated = int(np.count_nonzero(~np.isnan(rows[:, _CCOV])))
+        sums = np.nansum(rows, axis=0) if self.count else np.zeros(_COLUMNS)
+        return sums, self.count, known, calibrated
 
 
 @dataclass(slots=True)
@@ -133,11 +154,14 @@ class Scorer:
     Args:
         window: scored steps per (ticker, model) in the rolling aggregates.
         max_pending: unscored forecasts kept per ticker; the oldest is dropped beyond it.
+        calibrator: live band calibration; every step scored as a bar arrives updates it
+            (scores read back from the lake do not: its state comes back with the forecasts).
     """
 
-    def __init__(self, window: int, max_pending: int) -> None:
+    def __init__(self, window: int, max_pending: int, calibrator: AdaptiveCalibrator | None = None) -> None:
         self.window = window
         self.max_pending = max_pending
+        self.calibrator = calibrator
         self._pending: dict[str, deque[PendingForecast]] = {}
         self._windows: dict[tuple[str, str, str], ScoreWindow] = {}
         self._dirty: set[tuple[str, str, str]] = set()
@@ -182,6 +206,8 @@ class Scorer:
                 score = Score.compute(item.forecast, step, actual, item.last_actual)
                 scores.append(score)
                 self._record(score)
+                if self.calibrator is not None:
+                    self.calibrator.update(score)
             stale = [s for s in item.steps if s < start]
             for s in stale:
                 del item.steps[s]
@@ -241,8 +267,8 @@ class Scorer:
             window = self._windows.get(key)
             if window is None or window.count == 0:
                 continue
-            sums, steps, known = window.sums()
-            out.append(aggregate_sums(sums, steps, known, key[0], (key[1], key[2])))
+            sums, steps, known, calibrated = window.sums()
+            out.append(aggregate_sums(sums, steps, known, key[0], (key[1], key[2]), calibrated))
         return out
 
     def model_aggregates(self) -> list[Aggregate]:
@@ -251,12 +277,13 @@ class Scorer:
         for (_, model_id, version), window in self._windows.items():
             if window.count == 0:
                 continue
-            sums, steps, known = window.sums()
-            acc = pooled.setdefault((model_id, version), [np.zeros(5), 0, 0])
+            sums, steps, known, calibrated = window.sums()
+            acc = pooled.setdefault((model_id, version), [np.zeros(_COLUMNS), 0, 0, 0])
             acc[0] += sums
             acc[1] += steps
             acc[2] += known
-        return [aggregate_sums(s, n, k, None, model) for model, (s, n, k) in sorted(pooled.items())]
+            acc[3] += calibrated
+        return [aggregate_sums(s, n, k, None, model, c) for model, (s, n, k, c) in sorted(pooled.items())]
 
     def window_count(self) -> int:
         """Rolling windows held (one per ticker and model)."""

@@ -52,6 +52,7 @@ from tickcast.group_watch import MembershipWatch
 from tickcast.service import ObservabilityServer, StopFlag
 from tickcast.settings import Settings
 
+from .calibration import AdaptiveCalibrator
 from .client import CircuitOpen, ForecastBatch, ServeClient, ServeRejected, ServeUnavailable
 from .context import ContextStore
 from .metrics import metrics
@@ -189,7 +190,14 @@ class ForecasterService:
         self._consumer = consumer
         self._producer = producer
         self.context = ContextStore(f.context_length, f.max_tickers)
-        self.scorer = Scorer(f.score_window, max_pending=max(2 * f.horizon, 8))
+        #: live band calibration (None when switched off): forecasts are calibrated as they are
+        #: published, and every scored step feeds it back
+        self.calibrator = (
+            AdaptiveCalibrator(f.calibration_coverage, f.calibration_gamma, f.calibration_scope)
+            if f.calibration
+            else None
+        )
+        self.scorer = Scorer(f.score_window, max_pending=max(2 * f.horizon, 8), calibrator=self.calibrator)
         self.pending: dict[str, BarRef] = {}
         self._pending_since: float | None = None
         self._in_flight: list[_InFlight] = []
@@ -387,6 +395,9 @@ class ForecasterService:
                 if last_actual is not None:
                     self.scorer.add_forecast(forecast, float(last_actual), skip_until=last)
             self.scorer.load_scores(scores)
+            if self.calibrator is not None:
+                # the newest forecast's alpha per step is the state after every score before it
+                self.calibrator.restore(forecasts)
         self.context.pop_evicted()
         log.info(
             "warm start: %d tickers, %d pending forecasts from the lake in %.1f s",
@@ -517,6 +528,8 @@ class ForecasterService:
             self.pending.pop(evicted, None)
             self.scorer.drop_ticker(evicted)
             self.scorer.drop_windows(evicted)
+            if self.calibrator is not None:
+                self.calibrator.drop_ticker(evicted)
         scores = self.scorer.on_bar(bar.ticker, bar.start, float(value))
         if scores:
             self._score_buffer.extend(scores)
@@ -666,6 +679,8 @@ class ForecasterService:
                 self.m.duplicates_skipped.inc()
                 continue
             self.context.mark_forecast(ref.ticker, ref.start)
+            if self.calibrator is not None:
+                forecast = self.calibrator.calibrate(forecast)
             try:
                 future = self._producer.send(topic, key=ref.ticker.encode(), value=forecast.to_json())
             except KafkaError as exc:
@@ -839,12 +854,19 @@ class ForecasterService:
             put(self.m.mase, labels, agg.mase)
             put(self.m.wql, labels, agg.wql)
             put(self.m.coverage, labels, agg.coverage_80)
+            put(self.m.live_coverage, (*labels, "raw"), agg.coverage_80)
+            put(self.m.live_coverage, (*labels, "calibrated"), agg.calibrated_coverage)
+            put(self.m.calibrated_wql, labels, agg.calibrated_wql)
+        if self.calibrator is not None:
+            for (model_id, version), alpha in self.calibrator.mean_alpha().items():
+                self.m.calibration_alpha.labels(model_id, version).set(alpha)
         if self.cfg.ticker_metrics:
             for agg in tickers:
                 labels = (agg.ticker, agg.model_id, agg.model_version)
                 put(self.m.ticker_mase, labels, agg.mase)
                 put(self.m.ticker_wql, labels, agg.wql)
                 put(self.m.ticker_coverage, labels, agg.coverage_80)
+                put(self.m.ticker_calibrated_coverage, labels, agg.calibrated_coverage)
 
     def _update_gauges(self) -> None:
         self.m.tickers.set(len(self.context))

@@ -187,6 +187,47 @@ def check_scores_against_the_lake(lake_dir: Path) -> int:
     return len(rows)
 
 
+def check_calibration_against_the_lake(lake_dir: Path, gamma: float, coverage: float) -> int:
+    """The raw and calibrated bands are both stored, and the calibrated band follows ACI.
+
+    Recomputed from the lake alone: every forecast step has its raw quantiles and a
+    calibrated band; every score says whether the actual fell inside each; and each step's
+    ``calibration_alpha`` equals the target plus ``gamma * (alpha - err)`` summed over that
+    ticker's and step's calibrated scores whose bar came before the forecast (each bar is
+    scored before its own forecast is drawn). Returns the forecast steps checked.
+    """
+    rows = sql(
+        lake_dir,
+        """
+        select s.forecast_id, s.step, b.close, f.p10, f.p90, f.calibrated_lower, f.calibrated_upper,
+               s.covered_80, s.calibrated_covered, s.calibrated_lower, s.calibrated_upper, s.calibrated_quantile_loss,
+               f.quantile_levels, f.quantile_values
+        from scores s
+        join forecasts f on f.forecast_id = s.forecast_id and f.step = s.step
+        join bars b on b.ticker = s.ticker and b.start = s.target_start
+        """,
+    )
+    assert rows
+    for _fid, _step, close, p10, p90, lo, hi, covered, cal_covered, s_lo, s_hi, cal_ql, levels, values in rows:
+        assert lo is not None and hi is not None and (s_lo, s_hi) == (lo, hi)
+        assert covered == (p10 <= close <= p90) and cal_covered == (lo <= close <= hi)
+        swapped = [lo if q == 0.1 else hi if q == 0.9 else v for q, v in zip(levels, values, strict=True)]
+        expect = sum(quantile_loss(close, q, v) for q, v in zip(levels, swapped, strict=True)) / len(levels)
+        assert cal_ql == pytest.approx(expect)
+    forecasts = sql(
+        lake_dir,
+        "select ticker, step, last_bar_start, calibration_alpha, calibrated_coverage from forecasts "
+        "order by ticker, step, last_bar_start",
+    )
+    scores = sql(lake_dir, "select ticker, step, target_start, calibrated_covered from scores")
+    alpha = 1 - coverage
+    for ticker, step, last_bar, got, nominal in forecasts:
+        assert nominal == pytest.approx(coverage)
+        seen = [c for t, h, start, c in scores if t == ticker and h == step and start <= last_bar]
+        assert got == pytest.approx(alpha + gamma * sum(alpha - (0.0 if c else 1.0) for c in seen))
+    return len(forecasts)
+
+
 def check_aggregates_against_the_scores(lake_dir: Path) -> None:
     latest = sql(
         lake_dir,
@@ -286,6 +327,16 @@ def test_replay_forecasts_scores_and_restart_without_duplicates(
     checked = check_scores_against_the_lake(lake_dir)
     assert checked >= len(tickers) * (H * (rounds - 1))
     check_aggregates_against_the_scores(lake_dir)
+    # live calibration (on by default): raw and calibrated bands stored, the band follows ACI
+    cfg = settings.forecaster
+    assert cfg.calibration
+    assert (
+        check_calibration_against_the_lake(lake_dir, cfg.calibration_gamma, cfg.calibration_coverage)
+        == len(published) * H
+    )
+    assert all(f.calibrated and f.calibrated_lower is not None for f in published)
+    # the alphas moved: some step was scored, and its calibrated band differs from the raw one
+    assert any(a != pytest.approx(1 - cfg.calibration_coverage) for f in published for a in f.calibration_alpha or [])
 
     # Latency: every bar of this test entered Kafka after it started, so each ingest-to-forecast
     # latency lies between 0 and the test's wall time (market-time latency would be years: T0 is 2024)

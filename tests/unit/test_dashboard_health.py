@@ -210,3 +210,18 @@ def test_restart_rows_read_what_up_records(tmp_path: Path) -> None:
     assert rows["consumer"] == health.RestartRow(
         "consumer", 2, "killed by SIGKILL", "backing off", "2026-01-05T10:00:00+00:00"
     )
+
+
+def test_model_scores_include_the_calibrated_band() -> None:
+    registry = CollectorRegistry()
+    coverage = Gauge("tickcast_forecaster_coverage_80", "c", ["model", "version"], registry=registry)
+    live = Gauge("tickcast_forecaster_live_coverage", "c", ["model", "version", "band"], registry=registry)
+    cal_wql = Gauge("tickcast_forecaster_calibrated_wql", "w", ["model", "version"], registry=registry)
+    coverage.labels("m", "1").set(0.93)
+    live.labels("m", "1", "raw").set(0.93)
+    live.labels("m", "1", "calibrated").set(0.81)
+    cal_wql.labels("m", "1").set(0.02)
+    rows = health.model_scores(health.parse_metrics(generate_latest(registry).decode()))
+    assert rows == [
+        {"model": "m", "version": "1", "coverage_80": 0.93, "coverage_calibrated": 0.81, "WQL_calibrated": 0.02}
+    ]

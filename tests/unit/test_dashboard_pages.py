@@ -21,7 +21,7 @@ from dashboard_lake import MODEL_ID, MODEL_VERSION, write_backtest_report, write
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from streamlit.testing.v1 import AppTest
 
-from dashboard.charts import BAND_NAME
+from dashboard.charts import BAND_NAME, CALIBRATED_BAND_NAME, CALIBRATED_SUFFIX
 from dashboard.views.pipeline import BAR_END_P50, BAR_END_P95, INGEST_P50, INGEST_P95
 from tickcast.contracts import Forecast
 from tickcast.lake import Lake
@@ -108,6 +108,33 @@ def test_live_draws_candles_and_the_forecast_band_after_the_last_bar(env: Lake) 
     assert shown["Bars in range"] == "60"
     assert shown["Median in 8 steps"] == f"{newest.quantiles['0.5'][-1]:,.4g}"
     assert spec["layout"]["xaxis"]["type"] == "category"
+
+
+def test_live_draws_the_calibrated_band(env: Lake) -> None:
+    sample = write_sample(env, calibrated=True)
+    at = run_page()
+    (spec,) = chart_specs(at)
+    assert BAND_NAME in trace_names(spec) and CALIBRATED_BAND_NAME in trace_names(spec)
+    newest = sample.forecasts["AAA"][-1]
+    assert newest.calibrated_lower is not None and newest.calibrated_upper is not None
+    # ACI moved the band away from the raw one (this sample's raw band is too narrow)
+    assert newest.calibrated_lower != pytest.approx(newest.quantiles["0.1"])
+    lower = next(t for t in spec["data"] if t.get("name") == CALIBRATED_BAND_NAME)
+    upper = next(t for t in spec["data"] if t.get("name") == "calibrated upper")
+    assert lower["y"][0] == pytest.approx(sample.bars["AAA"][-1].close)  # anchored at the last close
+    assert lower["y"][1:] == pytest.approx(newest.calibrated_lower)
+    assert upper["y"][1:] == pytest.approx(newest.calibrated_upper)
+    assert "calibrated: " in metrics_deltas(at)["Median in 8 steps"]
+
+
+def test_live_without_calibration_draws_no_calibrated_band(env: Lake) -> None:
+    write_sample(env)
+    (spec,) = chart_specs(run_page())
+    assert CALIBRATED_BAND_NAME not in trace_names(spec)
+
+
+def metrics_deltas(at: AppTest) -> dict[str, str]:
+    return {m.label: str(m.proto.delta) for m in at.metric}
 
 
 def test_live_ticker_and_range(env: Lake) -> None:
@@ -254,6 +281,33 @@ def test_quality_scores_and_backtest(env: Lake) -> None:
     backtest = at.dataframe[1].value
     assert set(backtest["model"]) == {"naive", "seasonal_naive", MODEL_ID}
     assert metrics(at)["Horizon / context"] == "4 / 64"
+
+
+def test_quality_shows_coverage_before_and_after_calibration(env: Lake) -> None:
+    sample = write_sample(env, calibrated=True)
+    at = run_page("quality")
+    at.segmented_control(key="quality_range_minute").set_value("all").run()
+    assert not at.error
+    rolling = chart_specs(at)[0]
+    model = f"{MODEL_ID}/{MODEL_VERSION}"
+    names = trace_names(rolling)
+    assert names.count(model + CALIBRATED_SUFFIX) == 2  # coverage and WQL rows
+    raw, cal = (next(t for t in rolling["data"] if t.get("name") == n) for n in (model, model + CALIBRATED_SUFFIX))
+    assert raw["yaxis"] == cal["yaxis"] == "y"  # both on the coverage row
+    summary = at.dataframe[0].value
+    scores = sample.scores["AAA"]  # the page shows the selected ticker
+    expect = sum(bool(s.calibrated_covered) for s in scores) / len(scores)
+    raw_expect = sum(bool(s.covered_80) for s in scores) / len(scores)
+    assert summary["coverage_calibrated"].tolist() == [f"{expect:.1%}"]
+    assert summary["coverage_80"].tolist() == [f"{raw_expect:.1%}"]
+    assert expect != raw_expect
+
+
+def test_quality_of_uncalibrated_scores_draws_no_calibrated_line(env: Lake) -> None:
+    write_sample(env)
+    at = run_page("quality")
+    assert not any(n.endswith(CALIBRATED_SUFFIX) for n in trace_names(chart_specs(at)[0]))
+    assert at.dataframe[0].value["coverage_calibrated"].tolist() == ["–"]
 
 
 def test_quality_shows_the_newest_rolling_aggregates(env: Lake) -> None:

@@ -265,3 +265,44 @@ def test_catch_up_forecasts_have_no_ingest_latency(tmp_path: Path) -> None:
     service.close()
     assert (REGISTRY.get_sample_value(name) or 0.0) == before
     assert service.latencies[-1][1] is None
+
+
+def test_calibration_comes_back_from_the_lake_and_shows_in_the_gauges(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from prometheus_client import REGISTRY
+
+    from tickcast.contracts import Forecast
+    from tickcast.lake import write_forecasts
+
+    assert make(tmp_path / "off", calibration=False).calibrator is None
+    service = make(tmp_path, horizon=2, context_length=8, calibration_gamma=0.1)
+    assert service.calibrator is not None and service.scorer.calibrator is service.calibrator
+    lake = service.lake
+    lake.write_bars([bar("AAPL", i) for i in range(6)])
+    mean = [10.0, 10.0]
+    quantiles = {"0.1": [9.0, 9.0], "0.5": mean, "0.9": [11.0, 11.0]}
+    older = service.calibrator.calibrate(
+        Forecast("AAPL", "minute", "m", "1", T0, T0 + 3 * M, 2, "close", mean, quantiles)
+    )
+    newer = service.calibrator.calibrate(replace(older, id="", last_bar_start=T0 + 4 * M))
+    write_forecasts(lake, [older, replace(newer, calibration_alpha=[0.15, 0.3])])
+    service.warm_start()
+    # the newest forecast's alpha per step is the state the restarted forecaster draws with
+    assert service.calibrator.alpha("AAPL", "m", "1", 1) == 0.15
+    assert service.calibrator.alpha("AAPL", "m", "1", 2) == 0.3
+    # bar 5 scores step 2 of the older forecast and step 1 of the newer one: 15.5 is outside both bands
+    scores = service.scorer.on_bar("AAPL", T0 + 5 * M, 15.5)
+    assert sorted((s.forecast_id, s.step) for s in scores) == sorted([(older.id, 2), (newer.id, 1)])
+    assert service.calibrator.alpha("AAPL", "m", "1", 1) == pytest.approx(0.15 - 0.1 * 0.8)
+    service._export_aggregates(service.scorer.ticker_aggregates(), service.scorer.model_aggregates())
+
+    def gauge(name: str, **labels: str) -> float | None:
+        return REGISTRY.get_sample_value(f"tickcast_forecaster_{name}", labels)
+
+    assert gauge("live_coverage", model="m", version="1", band="raw") == 0.0
+    assert gauge("live_coverage", model="m", version="1", band="calibrated") == 0.0
+    assert gauge("calibration_alpha", model="m", version="1") == pytest.approx(
+        ((0.15 - 0.08) + (0.3 - 0.08)) / 2  # both keys saw one miss
+    )
+    service.close()

@@ -54,6 +54,10 @@ def forecasts_to_table(forecasts: Sequence[Any]) -> pa.Table:
                 "quantile_levels": [float(k) for k in levels],
                 "quantile_values": [f.quantiles[k][i] for k in levels],
                 "period": period,
+                "calibrated_coverage": f.calibrated_coverage,
+                "calibrated_lower": f.calibrated_lower[i] if f.calibrated_lower is not None else None,
+                "calibrated_upper": f.calibrated_upper[i] if f.calibrated_upper is not None else None,
+                "calibration_alpha": f.calibration_alpha[i] if f.calibration_alpha is not None else None,
             }
             for name, value in values.items():
                 rows[name].append(value)

@@ -192,6 +192,12 @@ FORECASTS = TableSpec(
             ("quantile_levels", pa.list_(pa.float64())),
             ("quantile_values", pa.list_(pa.float64())),
             ("period", pa.string()),
+            # the live calibrated band (null on uncalibrated forecasts): added after the first
+            # release, so they come last (tables.evolve adds them to an older table)
+            ("calibrated_coverage", pa.float64()),
+            ("calibrated_lower", pa.float64()),
+            ("calibrated_upper", pa.float64()),
+            ("calibration_alpha", pa.float64()),
         ]
     ),
     partition_by=("interval", "period"),
@@ -238,6 +244,9 @@ SCORE_AGGREGATES = TableSpec(
             ("coverage_steps", pa.int64()),
             ("interval", pa.string()),
             ("period", pa.string()),
+            ("calibrated_coverage", pa.float64()),
+            ("calibrated_wql", pa.float64()),
+            ("calibrated_steps", pa.int64()),
         ]
     ),
     partition_by=("interval", "period"),

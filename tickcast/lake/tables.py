@@ -129,7 +129,7 @@ def ensure_table(lake: Lake, spec: TableSpec) -> DeltaTable:
 
     table = open_table(lake, spec)
     if table is not None:
-        return table
+        return evolve(lake, spec, table)
     try:
         DeltaTable.create(
             lake.table_uri(spec.name),
@@ -154,6 +154,43 @@ def ensure_table(lake: Lake, spec: TableSpec) -> DeltaTable:
     created = open_table(lake, spec)
     assert created is not None
     return created
+
+
+def missing_columns(spec: TableSpec, table: DeltaTable) -> list[pa.Field]:
+    """The spec's columns the table's schema lacks (a table written before they were added)."""
+    have = {f.name for f in table.schema().fields}
+    return [f for f in spec.schema if f.name not in have]
+
+
+def evolve(lake: Lake, spec: TableSpec, table: DeltaTable) -> DeltaTable:
+    """Add the spec's new columns to a table written before they existed (one metadata commit).
+
+    Only nullable columns can be added: the rows already written read them as nulls (every
+    reader goes through :func:`dataset`, whose schema is the spec's). A column the spec
+    dropped or retyped is not this function's business: that needs a new ``SCHEMA_VERSION``.
+    Two writers may evolve the same table at once; the loser finds the columns there.
+    """
+    from deltalake import Schema
+    from deltalake.exceptions import DeltaError
+
+    missing = missing_columns(spec, table)
+    if not missing:
+        return table
+    required = [f.name for f in missing if not f.nullable]
+    if required:
+        raise TickcastError(
+            f"table {spec.name} lacks the required columns {', '.join(required)}",
+            "rewrite the table with this tickcast (tickcast lake migrate) or use the version that wrote it",
+        )
+    try:
+        table.alter.add_columns(list(Schema.from_arrow(pa.schema(missing)).fields))
+        log.info("table %s: added columns %s", spec.name, ", ".join(f.name for f in missing))
+    except (DeltaError, OSError) as exc:
+        table.update_incremental()
+        if missing_columns(spec, table):
+            raise _store_error(lake, spec, "schema evolution", exc) from None
+    table.update_incremental()
+    return table
 
 
 def conform(spec: TableSpec, data: pa.Table) -> pa.Table:
