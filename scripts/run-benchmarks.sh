@@ -57,6 +57,7 @@ run lake --bootstrap "$bootstrap" --s3-endpoint "$minio"
 run lake_merge
 run serve
 run stream --bootstrap "$bootstrap"
+run calibration
 run train --steps 50
 run dashboard_read
 .venv/bin/python bench/_results.py write --runs "$runs" --out "bench/results/${day}.json" --date "$day" \
