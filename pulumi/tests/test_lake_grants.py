@@ -27,7 +27,7 @@ import pytest
 from conftest import PULUMI_DIR
 from lake_grants_probe import BLOBS  # standard library only at import time
 from tickcast_infra.iam import WORKLOADS, ResourceArns, policy_document
-from tickcast_infra.lake_access import LAKE_ACCESS, LAKE_TABLES
+from tickcast_infra.lake_access import LAKE_ACCESS, LAKE_TABLES, expected_outcomes
 
 PROJECT_PYTHON = PULUMI_DIR.parent / ".venv" / "bin" / "python"
 PROBE = Path(__file__).with_name("lake_grants_probe.py")
@@ -69,34 +69,6 @@ def minio_lake() -> Any:
         _unavailable(ready["skip"])
     yield ready["endpoint"], bucket
     _probe("cleanup", "--bucket", bucket, *(["--stop-minio"] if ready["started_minio"] else []))
-
-
-def _blob_level(workload: str, path: str) -> str | None:
-    access = LAKE_ACCESS[workload]
-    covering = [key for key in access if path == key or path.startswith(key + "/")]
-    return access[max(covering, key=len)] if covering else None
-
-
-def expected_outcomes(workload: str, blobs: list[str]) -> dict[str, str]:
-    """What LAKE_ACCESS allows ``workload``, operation by operation."""
-
-    def outcome(allowed: bool) -> str:
-        return "ok" if allowed else "denied"
-
-    access = LAKE_ACCESS[workload]
-    out = {"check": outcome(bool(access))}
-    for table in LAKE_TABLES:
-        level = access.get(table)
-        out[f"read {table}"] = outcome(level is not None)
-        out[f"write {table}"] = outcome(level in ("write", "maintain"))
-        out[f"vacuum {table}"] = outcome(level == "maintain")
-        if workload == "maintenance":
-            out[f"optimize {table}"] = "ok"
-    for blob in blobs:
-        level = _blob_level(workload, blob.rsplit("/", 1)[0])
-        out[f"read {blob}"] = outcome(level is not None)
-        out[f"write {blob}"] = outcome(level == "write")
-    return out
 
 
 def _session_policy(workload: str, bucket: str) -> str:

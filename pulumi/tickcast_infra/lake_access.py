@@ -37,7 +37,7 @@ operations on MinIO under exactly these statements.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal
 
 Access = Literal["read", "write", "maintain"]
@@ -114,6 +114,40 @@ def uses_lake(access: Mapping[str, Access]) -> bool:
 def writes_lake(access: Mapping[str, Access]) -> bool:
     """Whether a workload writes anything (it then encrypts with the lake's KMS key)."""
     return any(level != "read" for level in access.values())
+
+
+def blob_level(access: Mapping[str, Access], path: str) -> Access | None:
+    """The grant level covering the blob folder ``path`` (the longest granted prefix), if any."""
+    covering = [key for key in access if path == key or path.startswith(key + "/")]
+    return access[max(covering, key=len)] if covering else None
+
+
+def expected_outcomes(workload: str, blobs: Sequence[str]) -> dict[str, str]:
+    """What ``LAKE_ACCESS[workload]`` allows, operation by operation: ``ok`` or ``denied``.
+
+    The meaning of the levels, as a real policy engine must enforce them (MinIO locally, IAM
+    on AWS; both grant tests compare what the engine did with this): ``read`` reads a table or
+    blob; ``write`` also appends and commits; ``maintain`` also vacuums (deletes data files),
+    and the maintenance workload optimizes every table it maintains.
+    """
+
+    def outcome(allowed: bool) -> str:
+        return "ok" if allowed else "denied"
+
+    access = LAKE_ACCESS[workload]
+    out = {"check": outcome(bool(access))}
+    for table in LAKE_TABLES:
+        level = access.get(table)
+        out[f"read {table}"] = outcome(level is not None)
+        out[f"write {table}"] = outcome(level in ("write", "maintain"))
+        out[f"vacuum {table}"] = outcome(level == "maintain")
+        if workload == "maintenance":
+            out[f"optimize {table}"] = "ok"
+    for blob in blobs:
+        level = blob_level(access, blob.rsplit("/", 1)[0])
+        out[f"read {blob}"] = outcome(level is not None)
+        out[f"write {blob}"] = outcome(level == "write")
+    return out
 
 
 def s3_statements(access: Mapping[str, Access], bucket_arn: str, lake_prefix: str) -> list[dict[str, Any]]:

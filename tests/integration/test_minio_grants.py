@@ -49,7 +49,6 @@ PROBE = REPO_ROOT / "pulumi" / "tests" / "lake_grants_probe.py"
 RUNNER = Path(__file__).with_name("lake_ops_as_workload.py")
 PREFIX = "lake"
 ACCESS: dict[str, dict[str, str]] = lake_access().LAKE_ACCESS
-TABLES: tuple[str, ...] = lake_access().LAKE_TABLES
 #: Maintenance last: its vacuum deletes the garbage the others must fail to delete.
 ORDER = sorted(ACCESS, key=lambda w: (w == "maintenance", w))
 
@@ -65,34 +64,6 @@ def _run_json(argv: list[str], env: dict[str, str], timeout: float = 300) -> dic
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT, env=env)
     assert proc.returncode == 0, f"{argv[1:3]} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
-
-
-def _blob_level(workload: str, path: str) -> str | None:
-    access = ACCESS[workload]
-    covering = [key for key in access if path == key or path.startswith(key + "/")]
-    return access[max(covering, key=len)] if covering else None
-
-
-def expected(workload: str, blobs: list[str]) -> dict[str, str]:
-    """What LAKE_ACCESS allows ``workload``, operation by operation."""
-
-    def outcome(allowed: bool) -> str:
-        return "ok" if allowed else "denied"
-
-    access = ACCESS[workload]
-    out = {"check": outcome(bool(access))}
-    for table in TABLES:
-        level = access.get(table)
-        out[f"read {table}"] = outcome(level is not None)
-        out[f"write {table}"] = outcome(level in ("write", "maintain"))
-        out[f"vacuum {table}"] = outcome(level == "maintain")
-        if workload == "maintenance":
-            out[f"optimize {table}"] = "ok"
-    for blob in blobs:
-        level = _blob_level(workload, blob.rsplit("/", 1)[0])
-        out[f"read {blob}"] = outcome(level is not None)
-        out[f"write {blob}"] = outcome(level == "write")
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +112,7 @@ def test_each_workload_user_can_do_exactly_what_its_grants_allow(outcomes: dict[
     blobs = list(load_probe().BLOBS)
     mismatches = []
     for workload, got in outcomes.items():
-        want = expected(workload, blobs)
+        want = lake_access().expected_outcomes(workload, blobs)
         assert set(got) == set(want), (workload, sorted(set(got) ^ set(want)))
         mismatches += [f"{workload}: {op}: got {got[op]}, want {want[op]}" for op in want if got[op] != want[op]]
     assert not mismatches, "\n".join(mismatches)
