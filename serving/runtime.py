@@ -52,6 +52,8 @@ LOOPBACK = "127.0.0.1"
 SINGLE_MACHINE_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 #: The Ray token's file under the state folder.
 RAY_TOKEN_FILE = Path("ray") / "auth_token"
+#: Direct-ingress HTTP ports above ``serving.port``: one per replica of the ingress on a node.
+DIRECT_PORTS = 64
 
 
 def ray_env(serving: ServingSettings) -> dict[str, str]:
@@ -62,8 +64,15 @@ def ray_env(serving: ServingSettings) -> dict[str, str]:
             RAY_SERVE_THROUGHPUT_OPTIMIZED="1",
             # replica N of the ingress answers HTTP on port+N; the proxy keeps `port`
             RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT=str(serving.port + 1),
-            RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT=str(serving.port + 64),
+            RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT=str(serving.port + DIRECT_PORTS),
+            # Serve holds a released replica port back for HAProxy's sake (minutes); without
+            # HAProxy that only moves a restarted replica to another port than the one
+            # `tickcast serve` printed, so it gets its old port back at once.
+            RAY_SERVE_PORT_QUARANTINE_S="0",
         )
+    else:
+        # The fallback is explicit: a cluster started with it never turns direct ingress on.
+        env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "0"
     return env
 
 
@@ -331,24 +340,37 @@ def deploy(settings: Settings, overrides: dict[str, Any] | None = None, blocking
 def direct_url(serving: ServingSettings, timeout_s: float = 30.0) -> str | None:
     """In throughput-optimized mode, the URL a replica answers on directly (None if none does).
 
-    Replicas take the first free port above ``serving.port``; a restarted replica may land on
-    another one while its old port is quarantined, so this asks rather than assumes.
+    Replicas take the first free port above ``serving.port``; a port another replica or
+    program held when a replica started moves it further up, so this asks rather than assumes.
+    """
+    urls = direct_urls(serving, timeout_s)
+    return urls[0] if urls else None
+
+
+def direct_urls(serving: ServingSettings, timeout_s: float = 30.0, at_least: int = 1) -> list[str]:
+    """Every direct-ingress URL above ``serving.port`` where a healthy tickcast replica answers.
+
+    Waits up to ``timeout_s`` for ``at_least`` of them; returns what answers then (maybe
+    fewer, maybe none). A port counts only when its ``/healthz`` is tickcast's (``ok`` and a
+    model), not whatever else might listen in the range. Empty when not throughput-optimized.
     """
     import time
 
     import httpx
 
     if not serving.throughput_optimized:
-        return None
+        return []
     deadline = time.monotonic() + timeout_s
     while True:
-        for port in range(serving.port + 1, serving.port + 65):
+        found = []
+        for port in range(serving.port + 1, serving.port + DIRECT_PORTS + 1):
             url = f"http://{serving.host}:{port}"
             try:
-                if httpx.get(f"{url}/healthz", timeout=0.5).status_code == 200:
-                    return url
-            except httpx.HTTPError:
+                answer = httpx.get(f"{url}/healthz", timeout=0.5)
+                if answer.status_code == 200 and answer.json().get("ok") is True and "model" in answer.json():
+                    found.append(url)
+            except (httpx.HTTPError, ValueError, AttributeError):
                 continue
-        if time.monotonic() > deadline:
-            return None
+        if len(found) >= at_least or time.monotonic() > deadline:
+            return found
         time.sleep(1.0)

@@ -170,6 +170,10 @@ class ServingSettings(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Inference device; auto picks CUDA when present."
     )
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="Model weights' and activations' dtype; auto is bfloat16 on CUDA and float32 on CPU.",
+    )
     num_replicas: int | Literal["auto"] = Field(1, description="Serve replicas, or auto for autoscaling.")
     min_replicas: int = Field(1, ge=0, description="Autoscaling lower bound.")
     max_replicas: int = Field(4, ge=1, description="Autoscaling upper bound.")
@@ -211,10 +215,12 @@ class ServingSettings(BaseModel):
         32.0, gt=0, description="Autoscaling target of ongoing requests per replica (num_replicas=auto)."
     )
     throughput_optimized: bool = Field(
-        False,
-        description="Start Ray with Serve's throughput-optimized mode (RAY_SERVE_THROUGHPUT_OPTIMIZED): gRPC to "
-        "replicas, and replica N also answers HTTP itself on port+N, skipping the proxy hop. Applies to the Ray "
-        "that `tickcast serve` starts.",
+        True,
+        description="Start Ray with Serve's throughput-optimized mode (RAY_SERVE_THROUGHPUT_OPTIMIZED, the default): "
+        "gRPC from proxy to replicas, and each replica also answers HTTP itself on the first free port above port "
+        "(direct ingress, no proxy hop; `tickcast serve` prints it). false falls back to Ray's defaults, every "
+        "request through the Serve proxy on port. Applies to the Ray that tickcast starts; a cluster joined "
+        "through RAY_ADDRESS keeps the mode it was started with.",
     )
 
     @field_validator("hub_model")
