@@ -201,7 +201,13 @@ class ServingSettings(BaseModel):
         description="Bearer token the API requires (secret, never logged). `tickcast up` generates one under the "
         "state folder when unset; required whenever host is not a loopback address. /healthz and /metrics stay open.",
     )
-    torch_threads: int = Field(0, ge=0, description="Torch intra-op threads per replica; 0 leaves torch's default.")
+    torch_threads: int = Field(
+        1,
+        ge=0,
+        description="Torch intra-op threads per replica and batch actor; 0 leaves torch's default (every core it "
+        "sees). 1 matches the one CPU Ray reserves for each (num_cpus): several replicas or actors on a node then "
+        "do not oversubscribe its cores (bench/cpu.py: 4-10x the series/s of torch's default on 2 busy cores).",
+    )
     hub_model: str = Field(
         "amazon/chronos-2@254b5357164a84326913b0695216f690752ac55d",
         description="Hub model that model=auto tries before falling back to the bundled model, pinned to a commit "
