@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tickcast-installed
 
-.PHONY: setup up down status test test-unit test-integration test-e2e lint typecheck bench clean-state
+.PHONY: setup up down status test test-unit test-integration test-e2e lint typecheck bench bench-gpu clean-state
 
 ## setup: create .venv, install tickcast with every extra, Kafka jars, MinIO, Chromium, the Go tools (idempotent)
 setup: $(STAMP)
@@ -53,3 +53,7 @@ typecheck:
 
 bench: setup
 	@bash scripts/run-benchmarks.sh
+
+## bench-gpu: on a machine with an NVIDIA GPU, install what is needed and run bench/gpu.py (exit 3: no GPU)
+bench-gpu:
+	@bash scripts/bench-gpu.sh

@@ -15,18 +15,20 @@ Raw runs happen in this process, alternating with Serve runs (``--rounds``), so 
 other processes drifting over time hits both alike; medians are reported.
 
 Each ``--modes`` entry runs on a fresh Ray cluster in a subprocess (Serve reads its tuning
-variables when the cluster starts): ``proxy`` is Ray's defaults, every request through the
-Serve HTTP proxy; ``optimized`` is ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` (what
-``TICKCAST_SERVING__THROUGHPUT_OPTIMIZED=true`` sets), where the low-load scenario is measured
-through the proxy and through the replica's direct-ingress port, and the throughput scenarios
-through the direct port.
+variables when the cluster starts): ``optimized`` is tickcast's default,
+``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` (``TICKCAST_SERVING__THROUGHPUT_OPTIMIZED=true``), where
+the low-load scenario is measured through the proxy and through the replica's direct-ingress
+port, and the throughput scenarios through the direct port; ``proxy`` is the fallback
+(``TICKCAST_SERVING__THROUGHPUT_OPTIMIZED=false``, Ray's defaults), every request through the
+Serve HTTP proxy.
 
 The replica and the raw pipeline use the same torch thread count. Everything shares this
 machine's cores (Ray, the proxy, the replica and the load generator), so ratios are what
 to compare across machines, not absolute numbers. Prints one JSON document; exits 1 when a
-target is missed (big requests >= 0.9 of raw, single-series requests >= 0.5 of raw batched,
-p50 overhead at low load <= 5 ms through direct ingress), 2 when a mode crashed or answered
-requests with errors (``errors`` says which and why).
+target of the default mode is missed (big requests >= 0.95 of raw, single-series requests
+>= 0.9 of raw batched, p50 overhead at low load <= 3 ms through direct ingress; the proxy
+fallback's figures are recorded, not judged), 2 when a mode crashed or answered requests with
+errors (``errors`` says which and why).
 
     .venv/bin/python bench/serve.py                      # both models, both modes: ~8-10 minutes on 2 cores
     .venv/bin/python bench/serve.py --models bolt-tiny --modes optimized --rounds 2
@@ -54,9 +56,12 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
 #: Serve's throughput over the raw pipeline's with 32-series requests, and with single-series
 #: requests from many clients (dynamic batching); the p50 overhead at low load (direct ingress).
-TARGET_BIG_RATIO = 0.9
-TARGET_SINGLE_RATIO = 0.5
-TARGET_OVERHEAD_MS = 5.0
+#: Judged for the default mode (DEFAULT_MODE) only.
+TARGET_BIG_RATIO = 0.95
+TARGET_SINGLE_RATIO = 0.9
+TARGET_OVERHEAD_MS = 3.0
+#: The mode tickcast's default settings run (TICKCAST_SERVING__THROUGHPUT_OPTIMIZED=true).
+DEFAULT_MODE = "optimized"
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -180,7 +185,7 @@ def bench_low_load(pipeline: Any, port: int, context: int, horizon: int, pairs: 
         "raw_p50_ms": round(_pct(raw_t, 50), 2),
         "raw_p99_ms": round(_pct(raw_t, 99), 2),
         "p50_overhead_ms": round(_pct(diffs, 50), 2),
-        "target": "p50 overhead <= 5 ms",
+        "target": f"p50 overhead <= {TARGET_OVERHEAD_MS:g} ms",
     }
 
 
@@ -287,7 +292,9 @@ def run_model(kind: str, path: Path, args: argparse.Namespace) -> dict[str, Any]
             "serve_series_per_s": _median(serve_runs, "series_per_s"),
             "raw_series_per_s": _median(raw_runs, "series_per_s"),
             "ratio_to_raw": round(statistics.median(ratios), 3),
-            "target": ">= 0.9 of raw" if name == "big_requests" else ">= 0.5 of raw batched",
+            "target": f">= {TARGET_BIG_RATIO:g} of raw"
+            if name == "big_requests"
+            else f">= {TARGET_SINGLE_RATIO:g} of raw batched",
             "serve_p50_ms": _median(serve_runs, "p50_ms"),
             "serve_p99_ms": _median(serve_runs, "p99_ms"),
             "raw_call_p50_ms": _median(raw_runs, "p50_ms"),
@@ -335,8 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="bolt-tiny,bolt-small", help="comma-separated tiny model kinds")
     parser.add_argument(
         "--modes",
-        default="proxy,optimized",
-        help="Serve modes, each on a fresh Ray: proxy (defaults) and optimized (RAY_SERVE_THROUGHPUT_OPTIMIZED)",
+        default="optimized,proxy",
+        help="Serve modes, each on a fresh Ray: optimized (tickcast's default, RAY_SERVE_THROUGHPUT_OPTIMIZED) "
+        "and proxy (the fallback, Ray's defaults)",
     )
     parser.add_argument("--mode", help=argparse.SUPPRESS)  # internal: run one mode in this process
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per throughput measurement")
@@ -427,10 +435,12 @@ def main(argv: list[str] | None = None) -> int:
 def model_targets(mode: str, model: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The targets of one model in one mode, named ``<mode>/<model>/<figure>``.
 
-    The low-load overhead target is for the path the mode is meant for: direct ingress in
-    ``optimized`` mode; through the proxy (``proxy`` mode) it is recorded, not judged, since
-    the proxy's hop alone costs more than the target (README, Performance).
+    Only the default mode is judged, on the path it is meant for (direct ingress); the proxy
+    fallback's figures are in the JSON for comparison, since the proxy's hop alone costs more
+    than the targets (README, Performance).
     """
+    if mode != DEFAULT_MODE:
+        return {}
     prefix = f"{mode}/{model['model']}"
     out = {
         f"{prefix}/big_requests_ratio": target(model["big_requests"]["ratio_to_raw"], ">=", TARGET_BIG_RATIO),

@@ -79,6 +79,7 @@ class BatchReport:
     as_of: str | None
     seconds: float
     actors: int
+    nodes: int = 1  # Ray nodes the actors ran on
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
@@ -101,6 +102,12 @@ class ChunkForecaster:
     def info(self) -> dict[str, Any]:
         """The loaded model's :class:`serving.models.ModelInfo` as a dict."""
         return self.forecaster.info.to_dict()
+
+    def node_id(self) -> str:
+        """The Ray node this actor runs on."""
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id())
 
     def run(self, tickers: Sequence[str], params: BatchParams, issued_at: datetime) -> ChunkResult:
         """Forecast ``tickers`` and return their rows; unknown tickers are skipped, not fatal."""
@@ -186,7 +193,8 @@ def batch_forecast(
         end: use only bars starting before this time.
         as_of: read the bars table as of this version (int) or aware time; default the
             latest version when the run starts. The version read is in the report.
-        actors: size of the actor pool; default one per GPU share, or one per two CPUs.
+        actors: size of the actor pool; default one per GPU share, or one per two CPUs of
+            each node (at least one per node: an actor cannot use two nodes' CPUs).
         num_gpus: GPUs per actor (fractions allowed); default ``settings.serving.num_gpus``.
         chunk_size: tickers per model call; default ``settings.serving.max_batch_size``.
     """
@@ -232,9 +240,11 @@ def batch_forecast(
     init_ray(settings, log_to_driver=False)  # joins RAY_ADDRESS, else a local loopback-only cluster
     gpus = settings.serving.num_gpus if num_gpus is None else num_gpus
     if actors is None:
-        resources = ray.cluster_resources()
-        share = resources.get("GPU", 0) / gpus if gpus > 0 else resources.get("CPU", 1) // 2
-        actors = max(1, int(share))
+        if gpus > 0:
+            actors = max(1, int(ray.cluster_resources().get("GPU", 0) / gpus))
+        else:
+            cpus = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+            actors = max(1, sum(max(1, int(c // 2)) for c in cpus if c >= 1))
     chunk = chunk_size or settings.serving.max_batch_size
     chunks = [names[i : i + chunk] for i in range(0, len(names), chunk)]
     actors = max(1, min(actors, len(chunks)))
@@ -243,12 +253,14 @@ def batch_forecast(
     detached = detach_secrets(settings)
     pool_actors = [remote_cls.remote(detached, model) for _ in range(actors)]
     info: dict[str, Any] = ray.get(pool_actors[0].info.remote())
+    nodes = len(set(ray.get([actor.node_id.remote() for actor in pool_actors])))
     log.info(
-        "batch forecast of %d tickers with %s %s on %d actor(s), bars table version %d%s",
+        "batch forecast of %d tickers with %s %s on %d actor(s) on %d node(s), bars table version %d%s",
         len(names),
         info["id"],
         info["version"],
         actors,
+        nodes,
         bars_version,
         " [bundled model]" if info["bundled"] else "",
     )
@@ -295,4 +307,5 @@ def batch_forecast(
         as_of=None if as_of is None else str(as_of.isoformat() if isinstance(as_of, datetime) else as_of),
         seconds=round(time.perf_counter() - started, 2),
         actors=actors,
+        nodes=nodes,
     )

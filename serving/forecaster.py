@@ -121,6 +121,7 @@ class Forecaster:
         return cls.from_resolved(
             resolved,
             device=settings.serving.device,
+            dtype=settings.serving.dtype,
             torch_threads=settings.serving.torch_threads,
             max_batch_size=max(settings.serving.max_batch_size, 1),
         )
@@ -144,14 +145,20 @@ class Forecaster:
 
     @classmethod
     def from_resolved(
-        cls, resolved: ResolvedModel, *, device: str = "auto", torch_threads: int = 0, max_batch_size: int = 256
+        cls,
+        resolved: ResolvedModel,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        torch_threads: int = 0,
+        max_batch_size: int = 256,
     ) -> Forecaster:
-        """Load a :class:`ResolvedModel`."""
+        """Load a :class:`ResolvedModel` (``dtype``: ``auto``, ``float32`` or ``bfloat16``)."""
         if torch_threads > 0:
             import torch
 
             torch.set_num_threads(torch_threads)
-        pipeline, info = load_pipeline(resolved, device)
+        pipeline, info = load_pipeline(resolved, device, dtype)
         log.info(
             "loaded %s %s (%s, %s, %.1fM parameters) on %s/%s",
             info.id,

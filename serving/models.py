@@ -522,11 +522,16 @@ def pick_device(device: str = "auto") -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_pipeline(resolved: ResolvedModel, device: str = "auto") -> tuple[Any, ModelInfo]:
+#: ``TICKCAST_SERVING__DTYPE`` values and the torch dtype each names (``auto`` picks by device).
+DTYPES = ("auto", "float32", "bfloat16")
+
+
+def load_pipeline(resolved: ResolvedModel, device: str = "auto", dtype: str = "auto") -> tuple[Any, ModelInfo]:
     """Load a resolved model with ``BaseChronosPipeline.from_pretrained``.
 
-    CPU runs in fp32; CUDA in bf16, as the Chronos authors recommend for GPUs. Weights load
-    from safetensors only, and a hub model at its pinned commit only.
+    ``dtype`` ``auto``: CPU runs in fp32; CUDA in bf16, as the Chronos authors recommend for
+    GPUs; ``float32`` or ``bfloat16`` force one. Weights load from safetensors only, and a
+    hub model at its pinned commit only.
 
     Raises:
         ModelError: when the checkpoint cannot be loaded, or holds pickle weights only.
@@ -537,10 +542,13 @@ def load_pipeline(resolved: ResolvedModel, device: str = "auto") -> tuple[Any, M
     device = pick_device(device)
     if device == "cuda" and not torch.cuda.is_available():
         raise ModelError("device cuda requested but no GPU is visible", "set TICKCAST_SERVING__DEVICE=auto or cpu")
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ModelError(f"unknown dtype {dtype!r}", f"set TICKCAST_SERVING__DTYPE to one of {', '.join(DTYPES)}")
+    auto = torch.bfloat16 if device == "cuda" else torch.float32
+    torch_dtype = auto if dtype == "auto" else getattr(torch, dtype)
     from transformers.utils import logging as hf_logging
 
-    kwargs: dict[str, Any] = {"device_map": device, "dtype": dtype, "use_safetensors": True}
+    kwargs: dict[str, Any] = {"device_map": device, "dtype": torch_dtype, "use_safetensors": True}
     directory = Path(resolved.location)
     if directory.is_dir():
         check_safetensors([p.name for p in directory.iterdir() if p.is_file()], resolved.where)
@@ -561,7 +569,7 @@ def load_pipeline(resolved: ResolvedModel, device: str = "auto") -> tuple[Any, M
     finally:
         if bars:
             hf_logging.enable_progress_bar()
-    info = describe(pipeline, resolved, device, str(dtype).removeprefix("torch."))
+    info = describe(pipeline, resolved, device, str(torch_dtype).removeprefix("torch."))
     return pipeline, info
 
 

@@ -36,7 +36,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from tickcast.errors import ConfigError
+from tickcast.errors import ConfigError, TickcastError
 from tickcast.private_files import create_once
 from tickcast.settings import GROUPS, InfraSettings, ServingSettings, Settings, env_name
 
@@ -52,6 +52,8 @@ LOOPBACK = "127.0.0.1"
 SINGLE_MACHINE_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 #: The Ray token's file under the state folder.
 RAY_TOKEN_FILE = Path("ray") / "auth_token"
+#: Direct-ingress HTTP ports above ``serving.port``: one per replica of the ingress on a node.
+DIRECT_PORTS = 64
 
 
 def ray_env(serving: ServingSettings) -> dict[str, str]:
@@ -62,8 +64,15 @@ def ray_env(serving: ServingSettings) -> dict[str, str]:
             RAY_SERVE_THROUGHPUT_OPTIMIZED="1",
             # replica N of the ingress answers HTTP on port+N; the proxy keeps `port`
             RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT=str(serving.port + 1),
-            RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT=str(serving.port + 64),
+            RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT=str(serving.port + DIRECT_PORTS),
+            # Serve holds a released replica port back for HAProxy's sake (minutes); without
+            # HAProxy that only moves a restarted replica to another port than the one
+            # `tickcast serve` printed, so it gets its old port back at once.
+            RAY_SERVE_PORT_QUARANTINE_S="0",
         )
+    else:
+        # The fallback is explicit: a cluster started with it never turns direct ingress on.
+        env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "0"
     return env
 
 
@@ -173,6 +182,169 @@ def ray_start_command(ray_bin: str, num_cpus: int | None = None) -> list[str]:
     if num_cpus:
         cmd.append(f"--num-cpus={num_cpus}")
     return cmd
+
+
+@dataclass
+class LocalNodes:
+    """Ray nodes started as separate processes on this machine (``ray start``), all on loopback.
+
+    The layout KubeRay runs (a head and worker nodes, each its own raylet with its own CPUs),
+    on one machine: for scale-out tests and benchmarks. Stop it with :meth:`stop`.
+    """
+
+    address: str  # the head's GCS address, for ray.init(address=...) and RAY_ADDRESS
+    env: dict[str, str]  # the environment every node was started with (no secret values)
+    ray_bin: str
+    temp_dir: Path
+    nodes: int = 1
+    cpus_per_node: int = 1
+    remove_temp: bool = False  # the temp folder was made for these nodes: removed by stop()
+    pin_cores: bool = False  # each node's processes run on its own cpus_per_node cores
+
+    def _cores(self, node: int) -> set[int] | None:
+        """The cores node number ``node`` is pinned to (None: not pinned, or too few cores)."""
+        cores = sorted(os.sched_getaffinity(0))
+        if not self.pin_cores or len(cores) < self.cpus_per_node:
+            return None
+        start = node * self.cpus_per_node
+        return {cores[(start + i) % len(cores)] for i in range(self.cpus_per_node)}
+
+    def add_node(self) -> None:
+        """Start one more worker node joining the head (``cpus_per_node`` CPUs, loopback, token auth)."""
+        import sys
+
+        _run_ray_start(
+            [
+                sys.executable,
+                "-c",
+                _JOIN_LOCALLY,
+                "start",
+                f"--address={self.address}",
+                f"--node-ip-address={LOOPBACK}",
+                f"--num-cpus={self.cpus_per_node}",
+                "--dashboard-agent-listen-port=0",
+                "--disable-usage-stats",
+            ],
+            self.env,
+            self._cores(self.nodes),
+        )
+        self.nodes += 1
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop every process of these nodes, found by this cluster's temp folder in its command line.
+
+        Not ``ray stop``, which stops every Ray cluster of this user on the machine.
+        """
+        import psutil
+
+        mine = []
+        for proc in psutil.process_iter(["uids", "cmdline"]):
+            try:
+                if proc.info["uids"].real == os.getuid() and str(self.temp_dir) in " ".join(proc.info["cmdline"] or []):
+                    mine.append(proc)
+            except (psutil.Error, AttributeError):
+                continue
+        for proc in mine:
+            try:
+                proc.terminate()
+            except psutil.Error:
+                continue
+        _, alive = psutil.wait_procs(mine, timeout=timeout_s)
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.Error:
+                continue
+        if self.remove_temp:
+            import shutil
+
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+#: ``ray start`` for a worker node of a loopback-only cluster. Ray refuses to add a node in
+#: single-machine mode, and outside it turns a 127.0.0.1 head address into the machine's
+#: network address, where nothing of this cluster listens. So this ``ray start`` alone lifts
+#: the refusal and keeps the address as given; the node it starts (raylet, agents, workers)
+#: inherits single-machine mode and binds 127.0.0.1 like the head.
+_JOIN_LOCALLY = """
+import sys
+from ray._private import ray_constants, services
+ray_constants.ENABLE_RAY_CLUSTER = True
+services.resolve_ip_for_localhost = lambda host: host
+from ray.scripts.scripts import main
+sys.argv[0] = "ray"
+main()
+"""
+
+
+def _run_ray_start(cmd: list[str], env: dict[str, str], cores: set[int] | None = None) -> None:
+    """Run ``ray start``; with ``cores``, it and every process of the node it starts run on those cores only."""
+    import subprocess
+
+    pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None
+    proc = subprocess.run(
+        cmd, env={**os.environ, **env}, capture_output=True, text=True, timeout=300, check=False, preexec_fn=pin
+    )
+    if proc.returncode != 0:
+        raise TickcastError(
+            f"`ray start` of a local node failed: {(proc.stderr or proc.stdout).strip()[-500:]}",
+            "run `ray stop`, check that the port is free, and retry",
+        )
+
+
+def start_local_nodes(
+    settings: Settings | None,
+    port: int,
+    nodes: int = 2,
+    cpus_per_node: int = 1,
+    temp_dir: Path | None = None,
+    pin_cores: bool = False,
+) -> LocalNodes:
+    """A head and ``nodes - 1`` worker nodes on this machine, locked down like a local cluster.
+
+    Every node binds 127.0.0.1 (``--node-ip-address``), runs Serve's tuning environment
+    (:func:`ray_env`) and requires the local Ray token; the head's GCS listens on ``port``.
+    Connect with ``ray.init(address=nodes.address)`` after :func:`prepare_local_cluster`.
+
+    Ray's ``--num-cpus`` only counts: a node's processes may still use every core. With
+    ``pin_cores`` each node runs on its own ``cpus_per_node`` cores (CPU affinity), as on
+    separate machines, which is what a scale-out measurement needs.
+    """
+    import shutil
+    import sys
+    import tempfile
+
+    ray_bin = shutil.which("ray") or os.path.join(os.path.dirname(sys.executable), "ray")
+    temp = temp_dir or Path(tempfile.mkdtemp(prefix="tickcast-ray-"))
+    env = {
+        **ray_env(settings.serving if settings else ServingSettings.model_validate({})),
+        **local_cluster_env(settings),
+        "RAY_TMPDIR": str(temp),
+    }
+    head = LocalNodes(
+        f"{LOOPBACK}:{port}", env, ray_bin, temp, 1, cpus_per_node, remove_temp=temp_dir is None, pin_cores=pin_cores
+    )
+    cmd = ray_start_command(ray_bin, cpus_per_node)
+    _run_ray_start([*cmd, f"--port={port}", f"--temp-dir={temp}"], env, head._cores(0))
+    try:
+        for _ in range(nodes - 1):
+            head.add_node()
+    except BaseException:
+        head.stop()
+        raise
+    return head
+
+
+def replica_nodes(app: str = "tickcast", deployment: str = "forecaster") -> list[str]:
+    """The Ray node id of each live replica of ``app``'s ``deployment`` (sorted; call after ``ray.init``).
+
+    Read from GCS's actor table, which needs no dashboard (local clusters run without one).
+    """
+    from ray._private import state
+
+    name = f"ServeReplica:{app}:{deployment}"
+    alive = state.actors(actor_state_name="ALIVE").values()
+    return sorted(a["Address"]["NodeID"] for a in alive if a["ActorClassName"] == name)
 
 
 def bind_replica_servers_locally() -> None:
@@ -331,24 +503,37 @@ def deploy(settings: Settings, overrides: dict[str, Any] | None = None, blocking
 def direct_url(serving: ServingSettings, timeout_s: float = 30.0) -> str | None:
     """In throughput-optimized mode, the URL a replica answers on directly (None if none does).
 
-    Replicas take the first free port above ``serving.port``; a restarted replica may land on
-    another one while its old port is quarantined, so this asks rather than assumes.
+    Replicas take the first free port above ``serving.port``; a port another replica or
+    program held when a replica started moves it further up, so this asks rather than assumes.
+    """
+    urls = direct_urls(serving, timeout_s)
+    return urls[0] if urls else None
+
+
+def direct_urls(serving: ServingSettings, timeout_s: float = 30.0, at_least: int = 1) -> list[str]:
+    """Every direct-ingress URL above ``serving.port`` where a healthy tickcast replica answers.
+
+    Waits up to ``timeout_s`` for ``at_least`` of them; returns what answers then (maybe
+    fewer, maybe none). A port counts only when its ``/healthz`` is tickcast's (``ok`` and a
+    model), not whatever else might listen in the range. Empty when not throughput-optimized.
     """
     import time
 
     import httpx
 
     if not serving.throughput_optimized:
-        return None
+        return []
     deadline = time.monotonic() + timeout_s
     while True:
-        for port in range(serving.port + 1, serving.port + 65):
+        found = []
+        for port in range(serving.port + 1, serving.port + DIRECT_PORTS + 1):
             url = f"http://{serving.host}:{port}"
             try:
-                if httpx.get(f"{url}/healthz", timeout=0.5).status_code == 200:
-                    return url
-            except httpx.HTTPError:
+                answer = httpx.get(f"{url}/healthz", timeout=0.5)
+                if answer.status_code == 200 and answer.json().get("ok") is True and "model" in answer.json():
+                    found.append(url)
+            except (httpx.HTTPError, ValueError, AttributeError):
                 continue
-        if time.monotonic() > deadline:
-            return None
+        if len(found) >= at_least or time.monotonic() > deadline:
+            return found
         time.sleep(1.0)

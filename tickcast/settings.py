@@ -178,6 +178,10 @@ class ServingSettings(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Inference device; auto picks CUDA when present."
     )
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="Model weights' and activations' dtype; auto is bfloat16 on CUDA and float32 on CPU.",
+    )
     num_replicas: int | Literal["auto"] = Field(1, description="Serve replicas, or auto for autoscaling.")
     min_replicas: int = Field(1, ge=0, description="Autoscaling lower bound.")
     max_replicas: int = Field(4, ge=1, description="Autoscaling upper bound.")
@@ -205,7 +209,13 @@ class ServingSettings(BaseModel):
         description="Bearer token the API requires (secret, never logged). `tickcast up` generates one under the "
         "state folder when unset; required whenever host is not a loopback address. /healthz and /metrics stay open.",
     )
-    torch_threads: int = Field(0, ge=0, description="Torch intra-op threads per replica; 0 leaves torch's default.")
+    torch_threads: int = Field(
+        1,
+        ge=0,
+        description="Torch intra-op threads per replica and batch actor; 0 leaves torch's default (every core it "
+        "sees). 1 matches the one CPU Ray reserves for each (num_cpus): several replicas or actors on a node then "
+        "do not oversubscribe its cores (bench/cpu.py: 4-10x the series/s of torch's default on 2 busy cores).",
+    )
     hub_model: str = Field(
         "amazon/chronos-2@254b5357164a84326913b0695216f690752ac55d",
         description="Hub model that model=auto tries before falling back to the bundled model, pinned to a commit "
@@ -219,10 +229,12 @@ class ServingSettings(BaseModel):
         32.0, gt=0, description="Autoscaling target of ongoing requests per replica (num_replicas=auto)."
     )
     throughput_optimized: bool = Field(
-        False,
-        description="Start Ray with Serve's throughput-optimized mode (RAY_SERVE_THROUGHPUT_OPTIMIZED): gRPC to "
-        "replicas, and replica N also answers HTTP itself on port+N, skipping the proxy hop. Applies to the Ray "
-        "that `tickcast serve` starts.",
+        True,
+        description="Start Ray with Serve's throughput-optimized mode (RAY_SERVE_THROUGHPUT_OPTIMIZED, the default): "
+        "gRPC from proxy to replicas, and each replica also answers HTTP itself on the first free port above port "
+        "(direct ingress, no proxy hop; `tickcast serve` prints it). false falls back to Ray's defaults, every "
+        "request through the Serve proxy on port. Applies to the Ray that tickcast starts; a cluster joined "
+        "through RAY_ADDRESS keeps the mode it was started with.",
     )
 
     @field_validator("hub_model")

@@ -61,9 +61,15 @@ def test_serve_config_file_is_valid_and_uses_the_builder() -> None:
 
 
 def test_ray_environment() -> None:
-    assert ray_env(ServingSettings()) == {"RAY_USAGE_STATS_ENABLED": "0"}
-    env = ray_env(ServingSettings(port=9000, throughput_optimized=True))
+    # the default is the fast path: throughput-optimized Serve with direct ingress above the port
+    env = ray_env(ServingSettings(port=9000))
     assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1" and env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] == "9001"
+    assert env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] == "9064" and env["RAY_SERVE_PORT_QUARANTINE_S"] == "0"
+    # the fallback says so explicitly, so a cluster started with it never has direct ingress
+    assert ray_env(ServingSettings(port=9000, throughput_optimized=False)) == {
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0",
+    }
 
 
 # -- secrets stay out of what Ray stores -----------------------------------------------------
