@@ -63,7 +63,7 @@ class BundleRecipe:
             prediction_length=self.prediction_length,
             min_past=self.min_past,
             save_steps=self.save_steps,
-            logging_steps=50,
+            logging_steps=min(50, max(1, self.steps // 4)),
             seed=seed,
             torch_threads=self.torch_threads,
             progress=progress,
@@ -79,6 +79,17 @@ class BundleRecipe:
             max_length=self.max_length,
             prediction_length=self.prediction_length,
         )
+
+
+#: Named recipes for ``tickcast bundle-model --recipe``. ``default`` is the shipped checkpoint;
+#: ``check`` is a seconds-long run of the same code path (tiny preset, a few steps) whose
+#: weights' SHA-256 a test reproduces byte for byte, proving the training is deterministic.
+RECIPES: dict[str, BundleRecipe] = {
+    "default": BundleRecipe(),
+    "check": BundleRecipe(
+        preset="tiny", steps=8, batch_size=8, corpus_size=1000, min_length=64, max_length=300, save_steps=0
+    ),
+}
 
 
 def evaluate_model(pipeline: Any, name: str = "bundled") -> dict[str, Any]:
@@ -119,14 +130,15 @@ def _model_card(meta: dict[str, Any]) -> str:
         "",
         "## How it was made",
         "",
-        f"- Command: `tickcast bundle-model --seed {meta['training']['seed']}` (same seed, same checkpoint "
-        "on one machine; one torch thread)",
+        f"- Command: `{training['command']}` (same seed, same checkpoint on one machine; one torch thread)",
         f"- Architecture: preset `{training['preset']}`, {meta['parameters']:,} parameters, context "
         f"{training['context_length']}, patch 16, 21 quantile levels",
         f"- Training: {training['steps']} steps x {training['batch_size']} series, AdamW lr "
         f"{training['learning_rate']}, horizon {training['prediction_length']}, "
         f"{training['wall_s']:.0f} s on CPU ({training['steps_per_s']:.2f} steps/s), final loss "
         f"{training['final_loss']:.3f}",
+        f"- Weights: `model.safetensors` SHA-256 `{meta['sha256']['model.safetensors']}` (checked by "
+        "serving before it loads the bundled model; `config.json`'s is in `metadata.json`)",
         "- Data: the synthetic generators of `training/synthetic.py` (random walks, GBM with regimes,",
         "  GARCH returns, trends, AR processes, daily/weekly seasonalities, intraday volume-like",
         "  U-shaped profiles, mixtures) with weights "
@@ -172,6 +184,33 @@ def write_model_card(out_dir: str | Path = BUNDLED_DIR) -> Path:
     return path
 
 
+def _write_metadata(out: Path, meta: dict[str, Any]) -> None:
+    (out / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+
+
+def refresh_evaluation(out_dir: str | Path = BUNDLED_DIR) -> dict[str, Any]:
+    """Evaluate the checkpoint in ``out_dir`` again and rewrite its metrics and model card.
+
+    For when the evaluation suites change and the weights do not: the files are first
+    checked against the SHA-256 in ``metadata.json``, so the figures always belong to the
+    weights they sit next to. Returns the new metadata.
+    """
+    import torch
+    from chronos import BaseChronosPipeline
+
+    from serving.models import verify_bundled
+
+    out = Path(out_dir)
+    meta = json.loads((out / METADATA_FILE).read_text())
+    verify_bundled(out, meta)
+    torch.set_num_threads(meta.get("training", {}).get("torch_threads") or 1)
+    pipeline = BaseChronosPipeline.from_pretrained(str(out), device_map="cpu")
+    meta["metrics"] = evaluate_model(pipeline)
+    _write_metadata(out, meta)
+    write_model_card(out)
+    return meta
+
+
 def bundle_model(
     seed: int = 0,
     out_dir: str | Path = BUNDLED_DIR,
@@ -193,11 +232,22 @@ def bundle_model(
         evaluate: run the evaluation suites and put their tables in the model card.
         progress: show a progress bar.
     """
+    import torch
+
+    from serving.models import checkpoint_sha256
+
     recipe = recipe or BundleRecipe()
     work = Path(work_dir) if work_dir else Path(".tickcast") / "training" / f"bundled-seed{seed}"
     pipeline = build_model(recipe.preset, seed=seed)
     log.info("bundled model: preset %s, %d parameters, seed %d", recipe.preset, count_parameters(pipeline), seed)
-    result = train_model(pipeline, recipe.corpus(seed), recipe.train_config(seed, progress), work, resume=resume)
+    # Same seed, same bytes: deterministic kernels only (an op without one raises instead of
+    # silently varying), restored afterwards so the caller's process is left as it was.
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        result = train_model(pipeline, recipe.corpus(seed), recipe.train_config(seed, progress), work, resume=resume)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
     metrics = evaluate_model(result.pipeline) if evaluate else {}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -207,6 +257,10 @@ def bundle_model(
     for name in MODEL_FILES:
         shutil.copy2(result.path / name, out / name)
     spec = PRESETS[recipe.preset]
+    recipe_name = next((k for k, v in RECIPES.items() if v == recipe), None)
+    command = f"tickcast bundle-model --seed {seed}" + (
+        f" --recipe {recipe_name}" if recipe_name not in (None, "default") else ""
+    )
     meta: dict[str, Any] = {
         "id": BUNDLED_ID,
         "name": BUNDLED_ID,
@@ -232,11 +286,13 @@ def bundle_model(
             "wall_s": round(result.wall_s, 1),
             "steps_per_s": round(result.steps_per_s, 3),
             "final_loss": result.final_loss,
-            "command": f"tickcast bundle-model --seed {seed}",
+            "command": command,
         },
+        # Serving checks the files against these before it serves the bundled model.
+        "sha256": checkpoint_sha256(out),
         "metrics": metrics,
     }
-    (out / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    _write_metadata(out, meta)
     write_model_card(out)
     log.info("wrote the bundled model to %s", out)
     return meta

@@ -139,9 +139,21 @@ def register(subparsers: Any) -> None:
     bundle.add_argument("--seed", type=int, default=0, help="the seed that decides weights and data")
     bundle.add_argument("--out", help="output folder (default: models/bundled in the repository)")
     bundle.add_argument("--work-dir", help="checkpoint folder (default: .tickcast/training/bundled-seed<N>)")
+    bundle.add_argument(
+        "--recipe",
+        default="default",
+        choices=("default", "check"),
+        help="default: the shipped checkpoint; check: a seconds-long tiny run whose weights' hash a test reproduces",
+    )
     bundle.add_argument("--steps", type=int, help="override the recipe's steps (for quick trials)")
     bundle.add_argument("--no-resume", action="store_true", help="start over even if checkpoints exist")
     bundle.add_argument("--no-eval", action="store_true", help="skip the evaluation suites")
+    bundle.add_argument(
+        "--eval-only",
+        action="store_true",
+        help="no training: evaluate the checkpoint in --out again (after checking its SHA-256) and rewrite its "
+        "metrics and model card",
+    )
     bundle.set_defaults(handler=_bundle)
 
 
@@ -296,11 +308,25 @@ def _backtest(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _bundle(settings: Settings, args: argparse.Namespace) -> int:
+    from dataclasses import replace
     from pathlib import Path
 
-    from training.bundle import BUNDLED_DIR, BundleRecipe, bundle_model
+    from training.bundle import BUNDLED_DIR, RECIPES, bundle_model, refresh_evaluation
 
-    recipe = BundleRecipe() if args.steps is None else BundleRecipe(steps=args.steps)
+    if args.eval_only:
+        logging.getLogger("training").setLevel(logging.INFO)
+        meta = refresh_evaluation(args.out or BUNDLED_DIR)
+        print(json.dumps({k: meta[k] for k in ("id", "version", "sha256")}, indent=2))
+        return 0
+
+    recipe = RECIPES[args.recipe] if args.steps is None else replace(RECIPES[args.recipe], steps=args.steps)
+    if recipe != RECIPES["default"] and not args.out:
+        raise ConfigError(
+            "--out",
+            f"--recipe {args.recipe}{' with --steps' if args.steps is not None else ''} would overwrite the shipped "
+            f"checkpoint in {BUNDLED_DIR}",
+            "pass --out DIR for trial or check runs",
+        )
     work = args.work_dir or str(Path(settings.infra.state_dir) / "training" / f"bundled-seed{args.seed}")
     logging.getLogger("training").setLevel(logging.INFO)
     meta = bundle_model(
