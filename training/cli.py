@@ -105,7 +105,11 @@ def register(subparsers: Any) -> None:
     )
     bt.add_argument("--model", action="append", default=[], help="model spec; repeat for several (default: bundled)")
     bt.add_argument(
-        "--source", default="lake", help="lake, sample (the shipped real daily bars) or a .parquet/.csv path"
+        "--source",
+        default="lake",
+        help="lake, sample (the shipped real daily bars), a .parquet/.csv path, or suite:NAME for a held-out "
+        "evaluation suite of training/suites.py (e.g. suite:trend, suite:level_shift; the suite sets horizon, "
+        "origins and season)",
     )
     bt.add_argument("--target", default="close", help="bar field or derived target")
     bt.add_argument("--interval", default="day", help="bar interval when reading the lake")
@@ -230,6 +234,7 @@ def _scratch_base(settings: Settings, args: argparse.Namespace) -> str:
 
 
 def _backtest(settings: Settings, args: argparse.Namespace) -> int:
+    from dataclasses import replace
     from pathlib import Path
 
     import pandas as pd
@@ -255,6 +260,16 @@ def _backtest(settings: Settings, args: argparse.Namespace) -> int:
         raise ConfigError(
             "--as-of", f"--source {args.source} is not the lake: only the lake's tables have versions", "drop --as-of"
         )
+    elif args.source.startswith("suite:"):
+        from training.suites import SUITES
+
+        suite = args.source.removeprefix("suite:")
+        if suite not in SUITES:
+            raise ConfigError(
+                "--source", f"unknown suite {suite!r}", f"use suite:NAME with NAME in {', '.join(SUITES)}"
+            )
+        series, suite_config = SUITES[suite]()
+        data_desc = f"suite {suite} (training/suites.py)"
     else:
         if args.source == "sample":
             from training.samples import load_real_daily
@@ -286,14 +301,17 @@ def _backtest(settings: Settings, args: argparse.Namespace) -> int:
         resolve_model(settings, spec)  # fail early, with serving's message, on a spec that names nothing
         models[spec] = spec
     baselines = tuple(b for b in args.baselines.split(",") if b)
-    config = BacktestConfig(
-        horizon=args.horizon,
-        context_length=args.context_length,
-        n_origins=args.origins,
-        stride=args.stride,
-        season_length=args.season,
-        baselines=baselines,
-    )
+    if args.source.startswith("suite:"):
+        config = replace(suite_config, baselines=baselines)  # the suite's windows, so its figures compare
+    else:
+        config = BacktestConfig(
+            horizon=args.horizon,
+            context_length=args.context_length,
+            n_origins=args.origins,
+            stride=args.stride,
+            season_length=args.season,
+            baselines=baselines,
+        )
     result = backtest(series, models, config, use_ray=args.ray, settings=settings)
     print(summary_markdown(result.summary))
     if not args.no_report:

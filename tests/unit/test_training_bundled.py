@@ -29,7 +29,7 @@ from chronos import BaseChronosPipeline, Chronos2Pipeline
 from serving.models import checkpoint_sha256, file_sha256
 from tickcast.errors import ModelError
 from training.bundle import BUNDLED_DIR, BUNDLED_ID, LABEL, METADATA_FILE, _model_card, evaluate_model
-from training.evaluation import summary_markdown
+from training.evaluation import per_series_markdown, summary_markdown
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -61,7 +61,7 @@ def bundled() -> Chronos2Pipeline:
 
 @pytest.fixture(scope="module")
 def recomputed(bundled: Chronos2Pipeline) -> dict[str, Any]:
-    """Every evaluation suite run again on the committed weights (about 40 s on one core)."""
+    """Every evaluation suite run again on the committed weights (about 75 s on one core)."""
     return evaluate_model(bundled)
 
 
@@ -182,6 +182,14 @@ def test_recorded_figures_equal_a_recomputation(meta: dict[str, Any], recomputed
         np.testing.assert_allclose(old.to_numpy(float), new.to_numpy(float), rtol=RECOMPUTE_RTOL, err_msg=key)
         # the Markdown tables (README and card) are the recorded figures, rendered
         assert recorded["markdown"] == summary_markdown(pd.DataFrame(recorded["summary"])), key
+        old_series = pd.DataFrame(recorded["per_series"]).set_index("series")
+        new_series = pd.DataFrame(again["per_series"]).set_index("series")
+        assert list(old_series.index) == list(new_series.index), key
+        np.testing.assert_allclose(
+            old_series.to_numpy(float), new_series.to_numpy(float), rtol=RECOMPUTE_RTOL, err_msg=key
+        )
+        rendered = per_series_markdown(pd.DataFrame(recorded["per_series"]).assign(model="bundled"), "bundled")
+        assert recorded["per_series_markdown"] == rendered, key
 
 
 def test_model_card_is_rendered_from_the_metadata(meta: dict[str, Any]) -> None:
@@ -189,6 +197,7 @@ def test_model_card_is_rendered_from_the_metadata(meta: dict[str, Any]) -> None:
     assert card == _model_card(meta)
     for key in meta["metrics"]:
         assert meta["metrics"][key]["markdown"] in card, key
+        assert meta["metrics"][key]["per_series_markdown"] in card, key
 
 
 def test_parity_with_naive_on_held_out_real_daily_closes(recomputed: dict[str, Any]) -> None:
