@@ -224,16 +224,18 @@ GENERATORS: dict[str, Generator] = {
 }
 
 #: The mix used for the bundled checkpoint: prices first (what the platform forecasts
-#: most), then the structure a forecaster must pick up.
+#: most), then the structure a forecaster must pick up: trends it must continue and level
+#: shifts after which it must forget the old level.
 DEFAULT_WEIGHTS: dict[str, float] = {
-    "random_walk": 0.15,
-    "gbm_regimes": 0.25,
-    "garch_returns": 0.08,
-    "trend": 0.07,
-    "ar": 0.08,
-    "seasonal": 0.15,
-    "intraday_volume": 0.14,
-    "mixture": 0.08,
+    "random_walk": 0.18,
+    "gbm_regimes": 0.22,
+    "garch_returns": 0.06,
+    "trend": 0.10,
+    "ar": 0.07,
+    "seasonal": 0.12,
+    "intraday_volume": 0.12,
+    "mixture": 0.07,
+    "level_shift": 0.06,
 }
 
 
