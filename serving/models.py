@@ -27,7 +27,11 @@ What gets loaded is checked, because a checkpoint is code as much as data:
   under a deployment when someone pushes to the model's repository;
 - files downloaded from S3 or the registry land inside the cache folder or nowhere: a key
   with ``..`` segments, an absolute path or an empty segment is refused before anything
-  is written.
+  is written;
+- the bundled model's ``metadata.json`` records the SHA-256 of its weights and config
+  (written by ``tickcast bundle-model``); resolving ``bundled`` checks the files against it,
+  so a damaged or swapped checkpoint (a Git LFS pointer, a partial checkout, a local edit)
+  is refused instead of served under the bundled model's name.
 """
 
 from __future__ import annotations
@@ -192,6 +196,55 @@ def _read_metadata(directory: Path) -> dict[str, Any]:
         log.warning("ignoring unreadable %s: %s", path, exc)
         return {}
     return data if isinstance(data, dict) else {}
+
+
+#: Files of the bundled checkpoint whose SHA-256 ``metadata.json`` records (under ``sha256``).
+HASHED_FILES: tuple[str, ...] = ("config.json", "model.safetensors")
+
+
+def file_sha256(path: Path) -> str:
+    """The hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checkpoint_sha256(directory: Path) -> dict[str, str]:
+    """``{file name: SHA-256}`` of the :data:`HASHED_FILES` of a checkpoint directory."""
+    return {name: file_sha256(directory / name) for name in HASHED_FILES}
+
+
+def verify_bundled(directory: Path, meta: dict[str, Any]) -> None:
+    """Check the bundled checkpoint's files against the SHA-256 its ``metadata.json`` records.
+
+    Raises:
+        ModelError: the metadata records no hashes, a file is missing, or a file's hash differs;
+            the message names the file and both hashes and says how to get the right files back.
+    """
+    fix = (
+        "restore the committed files with `git checkout -- models/bundled` (with Git LFS: `git lfs pull`), "
+        "or rebuild them with `tickcast bundle-model --seed 0`, which writes the weights and their hashes together"
+    )
+    recorded = meta.get("sha256")
+    if not isinstance(recorded, dict) or not all(isinstance(recorded.get(n), str) for n in HASHED_FILES):
+        raise ModelError(
+            f"{directory / METADATA_FILE} records no SHA-256 for {', '.join(HASHED_FILES)}, so the bundled "
+            "weights cannot be verified",
+            fix,
+        )
+    for name in HASHED_FILES:
+        path = directory / name
+        if not path.is_file():
+            raise ModelError(f"the bundled model is missing {path}", fix)
+        actual = file_sha256(path)
+        if actual != recorded[name]:
+            raise ModelError(
+                f"{path} has SHA-256 {actual}, but {METADATA_FILE} records {recorded[name]}: "
+                "the bundled checkpoint was changed or damaged",
+                fix,
+            )
 
 
 def _fingerprint(directory: Path) -> str:
@@ -436,7 +489,9 @@ def _resolve_bundled() -> ResolvedModel:
             "build it with the training command described in the README's Models section, or set "
             "TICKCAST_SERVING__MODEL to a hub id, a local checkpoint directory or a registry entry NAME/VERSION",
         )
-    return _local("bundled", BUNDLED_DIR, "bundled")
+    resolved = _local("bundled", BUNDLED_DIR, "bundled")
+    verify_bundled(BUNDLED_DIR, resolved.metadata)
+    return resolved
 
 
 def _resolve_auto(settings: Settings) -> ResolvedModel:

@@ -105,7 +105,11 @@ def register(subparsers: Any) -> None:
     )
     bt.add_argument("--model", action="append", default=[], help="model spec; repeat for several (default: bundled)")
     bt.add_argument(
-        "--source", default="lake", help="lake, sample (the shipped real daily bars) or a .parquet/.csv path"
+        "--source",
+        default="lake",
+        help="lake, sample (the shipped real daily bars), a .parquet/.csv path, or suite:NAME for a held-out "
+        "evaluation suite of training/suites.py (e.g. suite:trend, suite:level_shift; the suite sets horizon, "
+        "origins and season)",
     )
     bt.add_argument("--target", default="close", help="bar field or derived target")
     bt.add_argument("--interval", default="day", help="bar interval when reading the lake")
@@ -139,9 +143,21 @@ def register(subparsers: Any) -> None:
     bundle.add_argument("--seed", type=int, default=0, help="the seed that decides weights and data")
     bundle.add_argument("--out", help="output folder (default: models/bundled in the repository)")
     bundle.add_argument("--work-dir", help="checkpoint folder (default: .tickcast/training/bundled-seed<N>)")
+    bundle.add_argument(
+        "--recipe",
+        default="default",
+        choices=("default", "check"),
+        help="default: the shipped checkpoint; check: a seconds-long tiny run whose weights' hash a test reproduces",
+    )
     bundle.add_argument("--steps", type=int, help="override the recipe's steps (for quick trials)")
     bundle.add_argument("--no-resume", action="store_true", help="start over even if checkpoints exist")
     bundle.add_argument("--no-eval", action="store_true", help="skip the evaluation suites")
+    bundle.add_argument(
+        "--eval-only",
+        action="store_true",
+        help="no training: evaluate the checkpoint in --out again (after checking its SHA-256) and rewrite its "
+        "metrics and model card",
+    )
     bundle.set_defaults(handler=_bundle)
 
 
@@ -218,6 +234,7 @@ def _scratch_base(settings: Settings, args: argparse.Namespace) -> str:
 
 
 def _backtest(settings: Settings, args: argparse.Namespace) -> int:
+    from dataclasses import replace
     from pathlib import Path
 
     import pandas as pd
@@ -243,6 +260,16 @@ def _backtest(settings: Settings, args: argparse.Namespace) -> int:
         raise ConfigError(
             "--as-of", f"--source {args.source} is not the lake: only the lake's tables have versions", "drop --as-of"
         )
+    elif args.source.startswith("suite:"):
+        from training.suites import SUITES
+
+        suite = args.source.removeprefix("suite:")
+        if suite not in SUITES:
+            raise ConfigError(
+                "--source", f"unknown suite {suite!r}", f"use suite:NAME with NAME in {', '.join(SUITES)}"
+            )
+        series, suite_config = SUITES[suite]()
+        data_desc = f"suite {suite} (training/suites.py)"
     else:
         if args.source == "sample":
             from training.samples import load_real_daily
@@ -274,14 +301,17 @@ def _backtest(settings: Settings, args: argparse.Namespace) -> int:
         resolve_model(settings, spec)  # fail early, with serving's message, on a spec that names nothing
         models[spec] = spec
     baselines = tuple(b for b in args.baselines.split(",") if b)
-    config = BacktestConfig(
-        horizon=args.horizon,
-        context_length=args.context_length,
-        n_origins=args.origins,
-        stride=args.stride,
-        season_length=args.season,
-        baselines=baselines,
-    )
+    if args.source.startswith("suite:"):
+        config = replace(suite_config, baselines=baselines)  # the suite's windows, so its figures compare
+    else:
+        config = BacktestConfig(
+            horizon=args.horizon,
+            context_length=args.context_length,
+            n_origins=args.origins,
+            stride=args.stride,
+            season_length=args.season,
+            baselines=baselines,
+        )
     result = backtest(series, models, config, use_ray=args.ray, settings=settings)
     print(summary_markdown(result.summary))
     if not args.no_report:
@@ -296,11 +326,25 @@ def _backtest(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _bundle(settings: Settings, args: argparse.Namespace) -> int:
+    from dataclasses import replace
     from pathlib import Path
 
-    from training.bundle import BUNDLED_DIR, BundleRecipe, bundle_model
+    from training.bundle import BUNDLED_DIR, RECIPES, bundle_model, refresh_evaluation
 
-    recipe = BundleRecipe() if args.steps is None else BundleRecipe(steps=args.steps)
+    if args.eval_only:
+        logging.getLogger("training").setLevel(logging.INFO)
+        meta = refresh_evaluation(args.out or BUNDLED_DIR)
+        print(json.dumps({k: meta[k] for k in ("id", "version", "sha256")}, indent=2))
+        return 0
+
+    recipe = RECIPES[args.recipe] if args.steps is None else replace(RECIPES[args.recipe], steps=args.steps)
+    if recipe != RECIPES["default"] and not args.out:
+        raise ConfigError(
+            "--out",
+            f"--recipe {args.recipe}{' with --steps' if args.steps is not None else ''} would overwrite the shipped "
+            f"checkpoint in {BUNDLED_DIR}",
+            "pass --out DIR for trial or check runs",
+        )
     work = args.work_dir or str(Path(settings.infra.state_dir) / "training" / f"bundled-seed{args.seed}")
     logging.getLogger("training").setLevel(logging.INFO)
     meta = bundle_model(

@@ -297,6 +297,22 @@ class BacktestResult:
     wall_s: float = 0.0
     used_ray: bool = False
 
+    @property
+    def per_series(self) -> pd.DataFrame:
+        """One row per (model, series): see :func:`per_series`."""
+        return per_series(self.rows)
+
+
+def per_series(rows: pd.DataFrame) -> pd.DataFrame:
+    """MASE, WQL and 80% coverage per model and series, plus the ratios to ``naive`` on the
+    same series when it ran: a mean over series can hide one series where a model loses."""
+    table = aggregate(rows, by=("model", "series"))
+    if "naive" in set(table["model"]):
+        base = table[table["model"] == "naive"].set_index("series")
+        table["MASE_vs_naive"] = table["MASE"] / table["series"].map(base["MASE"])
+        table["WQL_vs_naive"] = table["WQL"] / table["series"].map(base["WQL"])
+    return table.sort_values(["series", "model"]).reset_index(drop=True)
+
 
 def summarize(rows: pd.DataFrame) -> pd.DataFrame:
     """Overall metrics per model, plus MASE and WQL relative to ``naive`` when it ran."""
@@ -444,11 +460,10 @@ def _backtest_on_ray(
 
 
 # -- reports -----------------------------------------------------------------------------
-def summary_markdown(summary: pd.DataFrame) -> str:
-    """The summary as a Markdown table (the form kept in the README)."""
-    cols = [c for c in ("model", "MASE", "WQL", "coverage_80", "MASE_vs_naive", "WQL_vs_naive", "n") if c in summary]
+def _markdown_table(frame: pd.DataFrame, cols: Sequence[str]) -> str:
+    """Rows of ``frame`` as a Markdown table: counts as integers, WQL to 5 places, others to 4."""
     lines = ["| " + " | ".join(cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
-    for _, row in summary[cols].iterrows():
+    for _, row in frame[list(cols)].iterrows():
         cells = []
         for c in cols:
             v = row[c]
@@ -462,6 +477,21 @@ def summary_markdown(summary: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary_markdown(summary: pd.DataFrame) -> str:
+    """The summary as a Markdown table (the form kept in the README)."""
+    cols = [c for c in ("model", "MASE", "WQL", "coverage_80", "MASE_vs_naive", "WQL_vs_naive", "n") if c in summary]
+    return _markdown_table(summary, cols)
+
+
+def per_series_markdown(table: pd.DataFrame, model: str | None = None) -> str:
+    """The per-series table (:func:`per_series`) as Markdown, for one model or for all."""
+    if model is not None:
+        table = table[table["model"] == model]
+    names = ("series", "model", "MASE", "WQL", "coverage_80", "MASE_vs_naive", "WQL_vs_naive", "n")
+    cols = [c for c in names if c in table and not (c == "model" and model is not None)]
+    return _markdown_table(table, cols)
+
+
 def _png(fig: Any) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
@@ -472,7 +502,9 @@ def _png(fig: Any) -> bytes:
 
 
 def plot_report(result: BacktestResult, series: Mapping[str, np.ndarray] | None = None) -> dict[str, bytes]:
-    """PNG plots: MASE, WQL and coverage by horizon step, and an example forecast per model."""
+    """PNG plots: MASE, WQL and coverage by horizon step; with ``series``, an example forecast per
+    model and the last forecast of every series (``forecasts_by_series.png``); with naive, every
+    series' WQL and MASE relative to it (``per_series_vs_naive.png``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -521,7 +553,71 @@ def plot_report(result: BacktestResult, series: Mapping[str, np.ndarray] | None 
             ax.tick_params(labelsize=7)
         fig.suptitle(f"{name}: last origin, 80% interval")
         plots["example_forecast.png"] = _png(fig)
+        plots["forecasts_by_series.png"] = _plot_forecasts_by_series(result, series)
+    if "naive" in set(result.rows["model"]):
+        plots["per_series_vs_naive.png"] = _plot_per_series_vs_naive(result.per_series)
     return plots
+
+
+#: Most series drawn one panel each in ``forecasts_by_series.png`` (the tables have them all).
+MAX_SERIES_PANELS = 24
+
+
+def _plot_per_series_vs_naive(table: pd.DataFrame) -> bytes:
+    """Bars of WQL and MASE relative to naive, per series and model (below 1 beats naive)."""
+    import matplotlib.pyplot as plt
+
+    others = table[table["model"] != "naive"]
+    names = sorted(set(others["series"]))
+    models = list(dict.fromkeys(others["model"]))
+    fig, axes = plt.subplots(2, 1, figsize=(max(7.0, 0.45 * len(names) * max(1, len(models))), 6.5), sharex=True)
+    width = 0.8 / max(1, len(models))
+    x = np.arange(len(names))
+    for ax, metric in zip(axes, ("WQL_vs_naive", "MASE_vs_naive"), strict=True):
+        for k, model in enumerate(models):
+            sel = others[others["model"] == model].set_index("series").reindex(names)
+            ax.bar(x + (k - (len(models) - 1) / 2) * width, sel[metric], width, label=str(model))
+        ax.axhline(1.0, color="black", linestyle="--", linewidth=1)
+        ax.set_ylabel(metric.replace("_", " "))
+        ax.grid(alpha=0.3, axis="y")
+    axes[0].set_title("Per series, relative to naive (below 1 beats the random walk)")
+    axes[0].legend(fontsize=7, ncol=min(4, len(models)))
+    axes[1].set_xticks(x, names, rotation=60, ha="right", fontsize=7)
+    return _png(fig)
+
+
+def _plot_forecasts_by_series(result: BacktestResult, series: Mapping[str, np.ndarray]) -> bytes:
+    """One panel per series: its last origin's actuals and every model's median and 80% band."""
+    import matplotlib.pyplot as plt
+
+    rows = result.rows
+    horizon = result.config.horizon
+    names = sorted(set(rows["series"]))[:MAX_SERIES_PANELS]
+    models = list(dict.fromkeys(rows["model"]))
+    ncols = min(4, len(names))
+    nrows = math.ceil(len(names) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.8 * nrows), squeeze=False)
+    for ax in axes.ravel()[len(names) :]:
+        ax.set_visible(False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, name in zip(axes.ravel(), names, strict=False):
+        y = np.asarray(series[name])
+        last_origin = int(rows.loc[rows["series"] == name, "origin"].max())
+        start = max(0, last_origin - 4 * horizon)
+        end = min(len(y), last_origin + horizon)
+        ax.plot(np.arange(start, end), y[start:end], color="black", linewidth=1, label="actual")
+        for k, model in enumerate(models):
+            sel = rows[(rows["series"] == name) & (rows["origin"] == last_origin) & (rows["model"] == model)]
+            steps = last_origin + sel["step"].to_numpy() - 1
+            color = colors[k % len(colors)]
+            ax.fill_between(steps, sel["lo80"], sel["hi80"], color=color, alpha=0.15)
+            ax.plot(steps, sel["point"], color=color, linewidth=1.2, label=str(model))
+        ax.set_title(name, fontsize=9)
+        ax.tick_params(labelsize=7)
+    axes[0][0].legend(fontsize=6)
+    fig.suptitle("Last origin of every series: median and 80% band per model")
+    fig.tight_layout()
+    return _png(fig)
 
 
 def write_report(
@@ -534,6 +630,7 @@ def write_report(
     """Save the backtest under ``reports/<name>/`` in the lake; returns the written paths.
 
     Files: ``summary.csv``, ``summary.json``, ``summary.md``, ``per_step.csv``,
+    ``per_series.csv`` and ``per_series.md`` (every series, with its ratios to naive),
     ``windows.parquet`` (every scored row), ``report.json`` (config, models, data, timing,
     and ``meta``: for a lake backtest the bars table version read, ``table_versions``, which
     ``--as-of`` takes to reproduce it) and the PNG plots of :func:`plot_report`.
@@ -547,6 +644,8 @@ def write_report(
         lake.write_bytes(f"{prefix}/summary.json", result.summary.to_json(orient="records", indent=2).encode()),
         lake.write_bytes(f"{prefix}/summary.md", summary_markdown(result.summary).encode()),
         lake.write_bytes(f"{prefix}/per_step.csv", result.per_step.to_csv(index=False).encode()),
+        lake.write_bytes(f"{prefix}/per_series.csv", result.per_series.to_csv(index=False).encode()),
+        lake.write_bytes(f"{prefix}/per_series.md", per_series_markdown(result.per_series).encode()),
     ]
     windows = io.BytesIO()
     pq.write_table(pa.Table.from_pandas(result.rows, preserve_index=False), windows, compression="zstd")

@@ -101,6 +101,22 @@ def trend(rng: np.random.Generator, n: int) -> np.ndarray:
     return rng.uniform(-50, 200) + path + noise
 
 
+def level_shift(rng: np.random.Generator, n: int) -> np.ndarray:
+    """A flat level that jumps to new levels a few times (a step function), plus AR(1) noise.
+
+    After a shift the best forecast is the new level, not a mean over the whole context: a
+    forecaster has to notice the break and forget what came before it.
+    """
+    noise_scale = rng.uniform(0.5, 5.0)
+    n_shifts = int(rng.integers(1, 5))
+    points = np.sort(rng.integers(n // 10, n - n // 10, n_shifts))
+    jumps = noise_scale * rng.uniform(3.0, 12.0, n_shifts) * rng.choice([-1.0, 1.0], n_shifts)
+    steps = np.zeros(n)
+    steps[points] = jumps
+    noise = noise_scale * ar_noise(rng, n, phi=rng.uniform(0.0, 0.7))
+    return rng.uniform(50.0, 500.0) + np.cumsum(steps) + noise
+
+
 def ar_noise(rng: np.random.Generator, n: int, phi: float) -> np.ndarray:
     """Stationary unit-variance AR(1) noise."""
     from scipy.signal import lfilter
@@ -204,19 +220,22 @@ GENERATORS: dict[str, Generator] = {
     "seasonal": seasonal,
     "intraday_volume": intraday_volume,
     "mixture": mixture,
+    "level_shift": level_shift,
 }
 
 #: The mix used for the bundled checkpoint: prices first (what the platform forecasts
-#: most), then the structure a forecaster must pick up.
+#: most), then the structure a forecaster must pick up: trends it must continue and level
+#: shifts after which it must forget the old level.
 DEFAULT_WEIGHTS: dict[str, float] = {
-    "random_walk": 0.15,
-    "gbm_regimes": 0.25,
-    "garch_returns": 0.08,
-    "trend": 0.07,
-    "ar": 0.08,
-    "seasonal": 0.15,
-    "intraday_volume": 0.14,
-    "mixture": 0.08,
+    "random_walk": 0.18,
+    "gbm_regimes": 0.22,
+    "garch_returns": 0.06,
+    "trend": 0.10,
+    "ar": 0.07,
+    "seasonal": 0.12,
+    "intraday_volume": 0.12,
+    "mixture": 0.07,
+    "level_shift": 0.06,
 }
 
 

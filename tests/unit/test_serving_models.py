@@ -81,14 +81,20 @@ def test_unknown_models_fail_fast_with_a_fix(cfg: Settings) -> None:
         resolve_model(cfg, "")
 
 
-def test_auto_falls_back_to_the_bundled_model(cfg: Settings, tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_falls_back_to_the_bundled_model(
+    cfg: Settings, tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(models, "BUNDLED_DIR", tiny.parent / "absent")
     with pytest.raises(ModelError) as err:
         resolve_model(cfg, "auto")
     assert "bundled model is missing" in err.value.message and "README" in (err.value.fix or "")
-    monkeypatch.setattr(models, "BUNDLED_DIR", tiny)
+    # a bundled checkpoint carries the SHA-256 of its files, which resolving checks
+    bundled = tmp_path / "bundled"
+    shutil.copytree(tiny, bundled)
+    (bundled / models.METADATA_FILE).write_text(json.dumps({"sha256": models.checkpoint_sha256(bundled)}))
+    monkeypatch.setattr(models, "BUNDLED_DIR", bundled)
     resolved = resolve_model(cfg, "auto")
-    assert resolved.source == "bundled" and resolve_model(cfg, "bundled").location == str(tiny)
+    assert resolved.source == "bundled" and resolve_model(cfg, "bundled").location == str(bundled)
     _, info = load_pipeline(resolved, "cpu")
     assert info.bundled and "not an Amazon checkpoint" in info.label
 

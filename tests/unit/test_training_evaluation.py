@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import math
 
 import numpy as np
@@ -149,6 +151,52 @@ def test_report_files_in_a_file_lake(tmp_path) -> None:
     assert lake.read_bytes("reports/unit/mase_by_step.png").startswith(b"\x89PNG")
     assert "| naive |" in lake.read_bytes("reports/unit/summary.md").decode()
     assert summary_markdown(result.summary).count("\n") == 4
+    # every series, not only the means, with its own plots
+    assert {"per_series.csv", "per_series.md", "per_series_vs_naive.png", "forecasts_by_series.png"} <= names
+    for plot in ("per_series_vs_naive.png", "forecasts_by_series.png"):
+        assert lake.read_bytes(f"reports/unit/{plot}").startswith(b"\x89PNG")
+    table = pd.read_csv(io.BytesIO(lake.read_bytes("reports/unit/per_series.csv")))
+    assert sorted(zip(table["series"], table["model"], strict=True)) == [
+        (s, m) for s in ("A", "B") for m in ("naive", "seasonal_naive")
+    ]
+    md = lake.read_bytes("reports/unit/per_series.md").decode()
+    assert md.splitlines()[0].startswith("| series | model |") and md.count("\n") == 2 + 4
+
+
+def test_per_series_by_hand() -> None:
+    """Two series, one origin, horizon 1, naive and a model that is exact on A and off on B.
+
+    A: [1, 3, 4 | 5]: naive 4 (|e| 1, scale 1.5 -> MASE 2/3), exact model MASE 0 and WQL 0;
+    B: [0, 2, 4 | 9]: naive 4 (|e| 5, scale 2 -> 2.5), model says 6 (|e| 3 -> 1.5, ratio 0.6).
+    Pooled over both series the model scores MASE 0.75; the table keeps A (0) and B (1.5) apart.
+    """
+    from training.evaluation import per_series, per_series_markdown, score, summarize
+
+    cfg = BacktestConfig(horizon=1, context_length=3, n_origins=1, min_context=3, quantiles=Q3, baselines=("naive",))
+    series = {"A": np.array([1.0, 3.0, 4.0, 5.0]), "B": np.array([0.0, 2.0, 4.0, 9.0])}
+    windows = make_windows(series, cfg)
+    naive_q = np.stack([naive_forecast(w.context, 1, Q3)[1] for w in windows])
+    model_points = np.array([[5.0], [6.0]])
+    model_q = np.repeat(model_points[:, None, :], 3, axis=1)
+    rows = pd.concat(
+        [
+            score(windows, "naive", np.array([[4.0], [4.0]]), naive_q, cfg),
+            score(windows, "m", model_points, model_q, cfg),
+        ],
+        ignore_index=True,
+    )
+    table = per_series(rows).set_index(["series", "model"])
+    assert table.loc[("A", "naive"), "MASE"] == pytest.approx(2 / 3)
+    assert table.loc[("A", "m"), "MASE"] == pytest.approx(0.0)
+    assert table.loc[("B", "naive"), "MASE"] == pytest.approx(2.5)
+    assert table.loc[("B", "m"), "MASE"] == pytest.approx(1.5)
+    assert table.loc[("B", "m"), "MASE_vs_naive"] == pytest.approx(0.6)
+    assert table.loc[("A", "m"), "WQL_vs_naive"] == pytest.approx(0.0)
+    assert table.loc[("A", "naive"), "WQL"] > 0  # so the ratio of the exact model is a true 0
+    assert summarize(rows).set_index("model").loc["m", "MASE"] == pytest.approx(0.75)
+    md = per_series_markdown(per_series(rows), "m")
+    assert md.splitlines()[0] == "| series | MASE | WQL | coverage_80 | MASE_vs_naive | WQL_vs_naive | n |"
+    assert "| B | 1.5000 |" in md and "naive" not in md.split("\n", 1)[1]
 
 
 def test_as_of_takes_a_version_or_a_time(tmp_path, monkeypatch, capsys) -> None:
@@ -168,3 +216,32 @@ def test_as_of_takes_a_version_or_a_time(tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("TICKCAST_LAKE__URL", f"file://{tmp_path}/lake")
     assert main(["backtest", "--source", "sample", "--as-of", "3", "--no-report"]) == 2
     assert "only the lake's tables have versions" in capsys.readouterr().err
+
+
+def test_backtest_cli_runs_a_held_out_suite_with_per_series_results(tmp_path, monkeypatch, capsys) -> None:
+    """`tickcast backtest --source suite:level_shift` backtests the suite's series with the
+    suite's own windows and writes every series' results and plots into the report."""
+    import torch
+
+    from tickcast.cli import main
+    from tickcast.lake import Lake
+    from tickcast.settings import load_settings
+    from training.suites import level_shift_set
+    from training.train import build_model
+
+    torch.set_num_threads(1)
+    model_dir = tmp_path / "tiny"
+    build_model("tiny", seed=0).save_pretrained(model_dir)
+    monkeypatch.setenv("TICKCAST_LAKE__URL", f"file://{tmp_path}/lake")
+    args = ["backtest", "--source", "suite:level_shift", "--model", str(model_dir), "--baselines", "naive"]
+    assert main([*args, "--name", "shift", "--no-ray"]) == 0
+    lake = Lake(load_settings(lake={"url": f"file://{tmp_path}/lake"}).lake)
+    table = pd.read_csv(io.BytesIO(lake.read_bytes("reports/shift/per_series.csv")))
+    series, config = level_shift_set()
+    assert set(table["series"]) == set(series) and set(table["model"]) == {str(model_dir), "naive"}
+    assert (table["n"] == config.n_origins * config.horizon).all()
+    assert lake.read_bytes("reports/shift/forecasts_by_series.png").startswith(b"\x89PNG")
+    report = json.loads(lake.read_bytes("reports/shift/report.json"))
+    assert report["data"] == "suite level_shift (training/suites.py)" and report["config"]["horizon"] == config.horizon
+    assert main(["backtest", "--source", "suite:nope", "--no-report"]) == 2
+    assert "unknown suite 'nope'" in capsys.readouterr().err
