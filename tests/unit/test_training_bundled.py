@@ -192,6 +192,17 @@ def test_recorded_figures_equal_a_recomputation(meta: dict[str, Any], recomputed
         assert recorded["per_series_markdown"] == rendered, key
 
 
+def test_readme_model_tables_are_the_recorded_figures(meta: dict[str, Any]) -> None:
+    """The README's model tables are rendered from metadata.json: a new checkpoint that changes
+    a figure fails here until the README shows it."""
+    readme = (BUNDLED_DIR.parents[1] / "README.md").read_text()
+    for key in meta["metrics"]:
+        assert meta["metrics"][key]["markdown"].strip() in readme, key
+    for key in ("real_daily_close", "prices", "trend", "level_shift"):
+        assert meta["metrics"][key]["per_series_markdown"].strip() in readme, key
+    assert meta["sha256"]["model.safetensors"] in readme
+
+
 def test_model_card_is_rendered_from_the_metadata(meta: dict[str, Any]) -> None:
     card = (BUNDLED_DIR / "MODEL_CARD.md").read_text()
     assert card == _model_card(meta)
