@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import time
 from collections import defaultdict
 from typing import Any
@@ -41,7 +42,12 @@ def main() -> int:
     parser.add_argument("--scope", choices=("ticker", "model"), default=None)
     parser.add_argument("--horizon", type=int, default=None)
     parser.add_argument("--context", type=int, default=None)
-    parser.add_argument("--burn-in", type=int, default=360, help="scored steps per key before the settled figures")
+    parser.add_argument(
+        "--burn-in",
+        type=int,
+        default=None,
+        help="scored steps per key before the settled figures (default: where ACI's bound reaches 0.05)",
+    )
     parser.add_argument("--window", type=int, default=None, help="rolling window (default: score_window)")
     parser.add_argument("--block", type=int, default=2000, help="scored steps per block in the time profile")
     parser.add_argument("--model", default="models/bundled")
@@ -60,6 +66,11 @@ def main() -> int:
 
     cfg = load_settings().forecaster
     gamma = args.gamma if args.gamma is not None else cfg.calibration_gamma
+    if args.burn_in is None:
+        # ACI's bound on a key's mean coverage after T updates: (max(c, 1 - c) + 2 gamma) / (gamma T);
+        # settled = from where it is within the benchmark's tolerance
+        c = cfg.calibration_coverage
+        args.burn_in = math.ceil((max(c, 1 - c) + 2 * gamma) / (gamma * TOL))
     scope = args.scope or cfg.calibration_scope
     horizon = args.horizon or cfg.horizon
     context = args.context or cfg.context_length
