@@ -165,10 +165,14 @@ def chart_resources(cpu_types: list[str] | tuple[str, ...], gpu_types: list[str]
     }
 
 
-def node_shape(instance_type: str) -> dict[str, str]:
-    """What a node of ``instance_type`` reports as ``status.allocatable`` (and capacity) on EKS:
-    CPU and memory from :func:`allocatable`, its NVIDIA GPUs and the max pods."""
+def node_shape(instance_type: str, *, less_daemonsets: bool = False) -> dict[str, str]:
+    """What a node of ``instance_type`` reports as ``status.allocatable`` on EKS: CPU and memory
+    from :func:`allocatable`, its NVIDIA GPUs and the max pods. ``less_daemonsets`` leaves out the
+    room kept for DaemonSet pods (:data:`DAEMONSET_CPU_MILLI`, :data:`DAEMONSET_MEMORY_MIB`): what
+    the application's pods may take, for a cluster that runs no DaemonSets (the dev cluster)."""
     cpu, memory = allocatable(instance_type)
+    if less_daemonsets:
+        cpu, memory = cpu - DAEMONSET_CPU_MILLI, memory - DAEMONSET_MEMORY_MIB
     _, _, gpus, max_pods = INSTANCE_TYPES[instance_type]
     shape = {"cpu": _cpu(cpu), "memory": _mib(memory), "pods": str(max_pods)}
     if gpus:
@@ -177,18 +181,21 @@ def node_shape(instance_type: str) -> dict[str, str]:
 
 
 def stack_nodes(stack_config: dict) -> list[dict]:
-    """The nodes a stack starts with, each ``{"pool", "instance_type", "labels", "taints",
-    "allocatable"}``, from the ``config:`` block of its ``Pulumi.<stack>.yaml``.
+    """The most nodes a stack may run, each ``{"pool", "instance_type", "labels", "taints",
+    "allocatable"}`` (allocatable less the DaemonSets' room, see :func:`node_shape`), from the
+    ``config:`` block of its ``Pulumi.<stack>.yaml``.
 
-    CPU: ``cpuDesiredSize`` nodes of the first ``cpuInstanceTypes`` (the managed node group).
-    GPU: ``max(gpuDesiredSize, 1)`` nodes Karpenter may launch, each of the GPU type with the least
-    allocatable memory (the one the chart's GPU pods are sized for: :func:`pod_room`), so a pod
-    that fits these fits any type the pool may pick.
+    CPU: ``2 x cpuMaxSize`` nodes of the first ``cpuInstanceTypes``: the managed node group grows to
+    ``cpuMaxSize`` and Karpenter's ``cpu`` NodePool adds as many again (its CPU limit is
+    ``cpuMaxSize`` nodes' vCPUs, ``autoscaling.node_pools``). GPU: ``max(gpuMaxSize, 1)`` nodes,
+    one per GPU worker, each of the GPU type with the least allocatable memory (the one the chart's
+    GPU pods are sized for: :func:`pod_room`), so a pod that fits these fits any type the pool may
+    pick.
 
     Raises:
         KeyError: a key the function needs is missing from the stack's config.
     """
-    needed = ("cpuInstanceTypes", "cpuDesiredSize", "gpuInstanceTypes", "gpuDesiredSize")
+    needed = ("cpuInstanceTypes", "cpuMaxSize", "gpuInstanceTypes", "gpuMaxSize")
     missing = [k for k in needed if f"tickcast:{k}" not in stack_config]
     if missing:
         raise KeyError(f"the stack config lacks {['tickcast:' + k for k in missing]}: set them in Pulumi.<stack>.yaml")
@@ -197,13 +204,23 @@ def stack_nodes(stack_config: dict) -> list[dict]:
     pod_room([*gpu_types, cpu_type])  # raises on an unknown instance type
     gpu_type = min(gpu_types, key=lambda t: allocatable(t)[::-1])
     nodes = [
-        {"pool": "cpu", "instance_type": cpu_type, "labels": dict(CPU_LABELS), "taints": [],
-         "allocatable": node_shape(cpu_type)}
-        for _ in range(int(stack_config["tickcast:cpuDesiredSize"]))
+        {
+            "pool": "cpu",
+            "instance_type": cpu_type,
+            "labels": dict(CPU_LABELS),
+            "taints": [],
+            "allocatable": node_shape(cpu_type, less_daemonsets=True),
+        }
+        for _ in range(2 * int(stack_config["tickcast:cpuMaxSize"]))
     ]
     nodes += [
-        {"pool": "gpu", "instance_type": gpu_type, "labels": dict(GPU_LABELS), "taints": [dict(GPU_TAINT)],
-         "allocatable": node_shape(gpu_type)}
-        for _ in range(max(int(stack_config["tickcast:gpuDesiredSize"]), 1))
+        {
+            "pool": "gpu",
+            "instance_type": gpu_type,
+            "labels": dict(GPU_LABELS),
+            "taints": [dict(GPU_TAINT)],
+            "allocatable": node_shape(gpu_type, less_daemonsets=True),
+        }
+        for _ in range(max(int(stack_config["tickcast:gpuMaxSize"]), 1))
     ]
     return nodes
