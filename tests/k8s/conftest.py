@@ -89,8 +89,15 @@ def pulumi_chart(stack: str) -> dict[str, Any]:
     return json.loads(done.stdout)
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout_s: float = SETTLE_S, interval_s: float = 1.0) -> Any:
-    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout_s``.
+def wait_for(
+    what: str,
+    check: Callable[[], Any],
+    timeout_s: float = SETTLE_S,
+    interval_s: float = 1.0,
+    explain: Callable[[], str] | None = None,
+) -> Any:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` (and ``explain()``, the
+    cluster's side of the story) after ``timeout_s``.
 
     Not a retry of a flaky test: the controllers act asynchronously, and this is how long the
     test lets them take before calling the cluster wrong.
@@ -102,7 +109,8 @@ def wait_for(what: str, check: Callable[[], Any], timeout_s: float = SETTLE_S, i
         if last:
             return last
         time.sleep(interval_s)
-    pytest.fail(f"{what} (after {timeout_s:.0f} s; last seen: {last!r})")
+    detail = explain() if explain else f"last seen: {last!r}"
+    pytest.fail(f"{what} (after {timeout_s:.0f} s; {detail})")
 
 
 @dataclass

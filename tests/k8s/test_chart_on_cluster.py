@@ -70,16 +70,26 @@ def _pods(release: Release) -> list[dict[str, Any]]:
     return release.get("pods")
 
 
+def _ray_pod_count(release: Release) -> int:
+    """Pods the RayService's cluster should have: the head and each group's replicas."""
+    service = release.get("rayservices")[0]
+    return 1 + sum(g.get("replicas", 0) for g in service["spec"]["rayClusterConfig"].get("workerGroupSpecs", []))
+
+
 def _all_placed(release: Release) -> list[dict[str, Any]] | None:
-    """The pods, once every one is Running or Succeeded (kwok), else None."""
+    """The pods, once the operator has made every Ray pod and each pod is Running or Succeeded
+    (kwok), else None."""
     pods = _pods(release)
-    return pods if pods and all(p["status"].get("phase") in ("Running", "Succeeded") for p in pods) else None
+    ray = [p for p in pods if "ray.io/cluster" in p["metadata"].get("labels", {})]
+    if len(ray) < _ray_pod_count(release):
+        return None
+    return pods if all(p["status"].get("phase") in ("Running", "Succeeded") for p in pods) else None
 
 
 def _pending_report(release: Release) -> str:
     lines = []
     for pod in _pods(release):
-        if pod["status"].get("phase") != "Running":
+        if pod["status"].get("phase") not in ("Running", "Succeeded"):
             reasons = [c.get("message", "") for c in pod["status"].get("conditions", []) if c["status"] != "True"]
             lines.append(f"{pod['metadata']['name']}: {pod['status'].get('phase')} {reasons}")
     return "; ".join(lines)
@@ -170,7 +180,11 @@ def test_rayservice_becomes_a_raycluster_with_the_intended_pods(release: Release
 
 def test_every_pod_is_placed_and_gpu_nodes_hold_only_gpu_pods(release: Release) -> None:
     _ray_cluster(release)
-    pods = wait_for("every pod Running on a node that fits it", lambda: _all_placed(release))
+    pods = wait_for(
+        "every pod Running on a node that fits it",
+        lambda: _all_placed(release),
+        explain=lambda: _pending_report(release),
+    )
     nodes = {n["metadata"]["name"]: n for n in release.cluster.get_json("nodes", f"--selector={STACK_LABEL}")["items"]}
     pool = EKS_FACTS.NODE_POOL_LABEL
     for pod in pods:
@@ -184,7 +198,7 @@ def test_every_pod_is_placed_and_gpu_nodes_hold_only_gpu_pods(release: Release) 
 
 
 def test_nothing_is_pending_for_lack_of_a_node(release: Release) -> None:
-    wait_for("no pod Pending", lambda: _all_placed(release))
+    wait_for("no pod Pending", lambda: _all_placed(release), explain=lambda: _pending_report(release))
     assert not _pending_report(release)
 
 
@@ -263,7 +277,7 @@ def test_a_triggered_cronjob_creates_a_job_whose_pod_is_placed(release: Release)
             return status.get("succeeded", 0) >= 1
 
         # kwok completes a Job's pod once it runs: success means admitted, scheduled and run.
-        wait_for(f"Job {job} from CronJob {name} to succeed ({_pending_report(release)})", done)
+        wait_for(f"Job {job} from CronJob {name} to succeed", done, explain=lambda: _pending_report(release))
 
 
 # --------------------------------------------------------------------------------------------
