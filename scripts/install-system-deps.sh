@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Debian packages the platform and its tests use: Chromium (dashboard e2e), kcat (a plain
-# Kafka client for checks). Java, Maven and Go come with the machine; see README.
+# Kafka client for checks), openssl (the dev Kubernetes cluster's certificates). Java, Maven and Go
+# come with the machine; see README.
 set -euo pipefail
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v kcat >/dev/null 2>&1 || need+=(kcat)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need[*]} (first time only: a minute or more)"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -25,6 +25,7 @@ from tickcast.settings import Settings, load_settings
 COMMAND_MODULES: tuple[str, ...] = (
     "tickcast.config_cli",
     "tickcast.infra.cli",
+    "tickcast.infra.cluster.cli",
     "tickcast.platform_cli",
     "tickcast.lake_cli",
     "producer.cli",
@@ -62,7 +63,7 @@ OWN_LOGGERS: tuple[str, ...] = ("tickcast", "producer", "consumer", "serving", "
 #: own lines: their third-party INFO lines go to :func:`cli_log_path` instead. The service
 #: commands (``consume``, ``produce``, ...) are left out on purpose: under ``tickcast up``
 #: their console is their log file, and in a pod it is the pod's log (on a read-only disk).
-CONSOLE_COMMANDS: frozenset[str] = frozenset({"up", "down", "status", "infra"})
+CONSOLE_COMMANDS: frozenset[str] = frozenset({"up", "down", "status", "infra", "dev"})
 
 #: Log lines: plain and greppable.
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

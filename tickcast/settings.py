@@ -126,6 +126,14 @@ class InfraSettings(BaseModel):
         "False runs the broker without authentication or ACLs.",
     )
     start_timeout_s: float = Field(90.0, gt=0, description="How long to wait for a local service to become healthy.")
+    cluster_port_base: int = Field(
+        16440,
+        ge=1,
+        le=65528,
+        description="First of the 8 ports on 127.0.0.1 of the dev Kubernetes cluster (`tickcast dev cluster up`): "
+        "kine, its metrics, kube-apiserver (base+2), controller-manager, scheduler, kwok, KubeRay operator health "
+        "and metrics.",
+    )
 
 
 class PlatformSettings(BaseModel):

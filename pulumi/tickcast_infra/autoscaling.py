@@ -29,7 +29,7 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
-from tickcast_infra.cluster import CPU_LABELS, GPU_LABELS, GPU_TAINT_KEY, NODE_POLICIES
+from tickcast_infra.cluster import CPU_LABELS, GPU_LABELS, GPU_TAINT, NODE_POLICIES
 from tickcast_infra.eks_facts import INSTANCE_TYPES
 from tickcast_infra.iam import IrsaRole, IrsaRoleArgs
 
@@ -216,7 +216,7 @@ def node_pools(
                 "spec": {
                     "nodeClassRef": {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass", "name": "gpu"},
                     "requirements": _requirements(gpu_types, gpu_capacity_types),
-                    "taints": [{"key": GPU_TAINT_KEY, "value": "true", "effect": "NoSchedule"}],
+                    "taints": [dict(GPU_TAINT)],
                     "expireAfter": "720h",
                 },
             },

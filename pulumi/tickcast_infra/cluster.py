@@ -20,15 +20,18 @@ import pulumi_eks as eks
 import pulumi_kubernetes as k8s
 
 from tickcast_infra.config import NodeGroupSize
-from tickcast_infra.iam import IrsaRole, IrsaRoleArgs
 
-NODE_POOL_LABEL = "tickcast.io/node-pool"
-GPU_TAINT_KEY = "nvidia.com/gpu"
-GPU_LABELS = {NODE_POOL_LABEL: "gpu", "nvidia.com/gpu.present": "true"}
-"""GPU node labels: the pool selector, and the label the NVIDIA device plugin's default affinity wants."""
-CPU_LABELS = {NODE_POOL_LABEL: "cpu"}
-GPU_TOLERATION = {"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}
-"""The toleration a pod needs to land on a GPU node."""
+# The node pools' labels, taint and toleration live in eks_facts (plain Python, so the dev cluster
+# of tests/k8s shapes its fake nodes from the same values); re-exported from here.
+from tickcast_infra.eks_facts import (  # noqa: F401
+    CPU_LABELS,
+    GPU_LABELS,
+    GPU_TAINT,
+    GPU_TAINT_KEY,
+    GPU_TOLERATION,
+    NODE_POOL_LABEL,
+)
+from tickcast_infra.iam import IrsaRole, IrsaRoleArgs
 
 NODE_POLICIES = (
     "arn:aws:iam::aws:policy/AmazonEKSWorkerNodePolicy",

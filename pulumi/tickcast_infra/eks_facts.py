@@ -24,6 +24,16 @@ lists the current dates).
 KUBERNETES_STANDARD_SUPPORT_ENDS = "2027-03-27"
 """End of EKS standard support for :data:`KUBERNETES_VERSION` (see above)."""
 
+NODE_POOL_LABEL = "tickcast.io/node-pool"
+GPU_TAINT_KEY = "nvidia.com/gpu"
+GPU_LABELS = {NODE_POOL_LABEL: "gpu", "nvidia.com/gpu.present": "true"}
+"""GPU node labels: the pool selector, and the label the NVIDIA device plugin's default affinity wants."""
+CPU_LABELS = {NODE_POOL_LABEL: "cpu"}
+GPU_TAINT = {"key": GPU_TAINT_KEY, "value": "true", "effect": "NoSchedule"}
+"""The taint of every GPU node (Karpenter's ``gpu`` NodePool): only pods that tolerate it land there."""
+GPU_TOLERATION = {"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}
+"""The toleration a pod needs to land on a GPU node."""
+
 # instance type -> (vCPUs, memory GiB, NVIDIA GPUs, max pods). Max pods is what the EKS AMIs
 # set without prefix delegation: ENIs x (IPv4 addresses per ENI - 1) + 2 (the VPC CNI's
 # eni-max-pods table).
@@ -153,3 +163,64 @@ def chart_resources(cpu_types: list[str] | tuple[str, ...], gpu_types: list[str]
             "finetune": {"worker": {"resources": gpu}},
         },
     }
+
+
+def node_shape(instance_type: str, *, less_daemonsets: bool = False) -> dict[str, str]:
+    """What a node of ``instance_type`` reports as ``status.allocatable`` on EKS: CPU and memory
+    from :func:`allocatable`, its NVIDIA GPUs and the max pods. ``less_daemonsets`` leaves out the
+    room kept for DaemonSet pods (:data:`DAEMONSET_CPU_MILLI`, :data:`DAEMONSET_MEMORY_MIB`): what
+    the application's pods may take, for a cluster that runs no DaemonSets (the dev cluster)."""
+    cpu, memory = allocatable(instance_type)
+    if less_daemonsets:
+        cpu, memory = cpu - DAEMONSET_CPU_MILLI, memory - DAEMONSET_MEMORY_MIB
+    _, _, gpus, max_pods = INSTANCE_TYPES[instance_type]
+    shape = {"cpu": _cpu(cpu), "memory": _mib(memory), "pods": str(max_pods)}
+    if gpus:
+        shape["nvidia.com/gpu"] = str(gpus)
+    return shape
+
+
+def stack_nodes(stack_config: dict) -> list[dict]:
+    """The most nodes a stack may run, each ``{"pool", "instance_type", "labels", "taints",
+    "allocatable"}`` (allocatable less the DaemonSets' room, see :func:`node_shape`), from the
+    ``config:`` block of its ``Pulumi.<stack>.yaml``.
+
+    CPU: ``2 x cpuMaxSize`` nodes of the first ``cpuInstanceTypes``: the managed node group grows to
+    ``cpuMaxSize`` and Karpenter's ``cpu`` NodePool adds as many again (its CPU limit is
+    ``cpuMaxSize`` nodes' vCPUs, ``autoscaling.node_pools``). GPU: ``max(gpuMaxSize, 1)`` nodes,
+    one per GPU worker, each of the GPU type with the least allocatable memory (the one the chart's
+    GPU pods are sized for: :func:`pod_room`), so a pod that fits these fits any type the pool may
+    pick.
+
+    Raises:
+        KeyError: a key the function needs is missing from the stack's config.
+    """
+    needed = ("cpuInstanceTypes", "cpuMaxSize", "gpuInstanceTypes", "gpuMaxSize")
+    missing = [k for k in needed if f"tickcast:{k}" not in stack_config]
+    if missing:
+        raise KeyError(f"the stack config lacks {['tickcast:' + k for k in missing]}: set them in Pulumi.<stack>.yaml")
+    cpu_type = stack_config["tickcast:cpuInstanceTypes"][0]
+    gpu_types = list(stack_config["tickcast:gpuInstanceTypes"])
+    pod_room([*gpu_types, cpu_type])  # raises on an unknown instance type
+    gpu_type = min(gpu_types, key=lambda t: allocatable(t)[::-1])
+    nodes = [
+        {
+            "pool": "cpu",
+            "instance_type": cpu_type,
+            "labels": dict(CPU_LABELS),
+            "taints": [],
+            "allocatable": node_shape(cpu_type, less_daemonsets=True),
+        }
+        for _ in range(2 * int(stack_config["tickcast:cpuMaxSize"]))
+    ]
+    nodes += [
+        {
+            "pool": "gpu",
+            "instance_type": gpu_type,
+            "labels": dict(GPU_LABELS),
+            "taints": [dict(GPU_TAINT)],
+            "allocatable": node_shape(gpu_type, less_daemonsets=True),
+        }
+        for _ in range(max(int(stack_config["tickcast:gpuMaxSize"]), 1))
+    ]
+    return nodes
