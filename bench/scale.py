@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -178,6 +179,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             forecaster={"context_length": args.context},
         )
         tickers = _write_lake(settings, args.tickers, args.context)
+        if not args.gcs_port:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                args.gcs_port = int(sock.getsockname()[1])
         cluster = start_local_nodes(
             settings, args.gcs_port, nodes=1, cpus_per_node=args.cpus_per_node, pin_cores=not args.no_pin
         )
@@ -218,7 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--context", type=int, default=512, help="values per series (bars per ticker)")
     parser.add_argument("--horizon", type=int, default=8)
     parser.add_argument("--port", type=int, default=18300, help="Serve's port; replicas answer above it")
-    parser.add_argument("--gcs-port", type=int, default=18400, help="the head node's GCS port")
+    parser.add_argument(
+        "--gcs-port",
+        type=int,
+        default=0,
+        help="the head node's GCS port (default: a free one from the OS's ephemeral range; Ray refuses ports "
+        "inside its worker range, 10002-19999)",
+    )
     args = parser.parse_args(argv)
 
     started = time.perf_counter()

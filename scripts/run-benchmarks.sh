@@ -56,6 +56,8 @@ run sink --bootstrap "$bootstrap" --s3-endpoint "$minio"
 run lake --bootstrap "$bootstrap" --s3-endpoint "$minio"
 run lake_merge
 run serve
+run scale
+run cpu
 run stream --bootstrap "$bootstrap"
 run calibration
 run train --steps 50
