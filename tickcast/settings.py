@@ -222,7 +222,7 @@ class ServingSettings(BaseModel):
         ge=0,
         description="Torch intra-op threads per replica and batch actor; 0 leaves torch's default (every core it "
         "sees). 1 matches the one CPU Ray reserves for each (num_cpus): several replicas or actors on a node then "
-        "do not oversubscribe its cores (bench/cpu.py: 4-10x the series/s of torch's default on 2 busy cores).",
+        "do not oversubscribe its cores (bench/cpu.py measures the variants; README: CPU inference).",
     )
     hub_model: str = Field(
         "amazon/chronos-2@254b5357164a84326913b0695216f690752ac55d",
