@@ -5,15 +5,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tickcast-installed
 
-.PHONY: setup up down status test test-unit test-integration test-e2e lint typecheck bench bench-gpu clean-state
+.PHONY: setup venv up down status test test-unit test-integration test-e2e lint typecheck bench bench-gpu clean-state
 
 ## setup: create .venv, install tickcast with every extra, Kafka jars, MinIO, Chromium, the Go tools (idempotent)
-setup: $(STAMP)
-	@bash scripts/install-system-deps.sh
-	@$(BIN)/tickcast infra install
-	@bash scripts/setup-chart-tools.sh
-	@bash scripts/build-go-tools.sh
-	@bash pulumi/setup.sh
+setup:
+	@MAKE="$(MAKE)" PYTHON="$(PYTHON)" bash scripts/setup.sh
+
+## venv: the Python environment alone (a step of setup)
+venv: $(STAMP)
 
 # pip prints each package as it goes (no -q): the first install downloads torch, Ray and the
 # rest, minutes of work that must not look like a hang.
