@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MAKE="${MAKE:-make}"
 
-bash scripts/install-system-deps.sh  # Go and gcc are checked there, before the builds start
+bash scripts/install-system-deps.sh  # Java, Maven and Go are checked there, before the builds start
 
 # setsid: its own process group, so an interrupted setup stops the whole build (go and its compilers)
 setsid -w bash -c 'set -o pipefail; bash scripts/build-go-tools.sh 2>&1 | sed -u "s/^/[go tools] /"' &

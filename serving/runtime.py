@@ -130,16 +130,21 @@ def prepare_local_cluster(settings: Settings | None = None) -> None:
 
     Ray reads the single-machine flag once, when it is imported, and the authentication mode
     when its config is first loaded; this process has usually imported Ray already, so both
-    are also refreshed here. The processes Ray starts read them from the environment.
+    are also refreshed here, and the token Ray cached from an earlier cluster is dropped. The
+    processes Ray starts read them from the environment.
     """
     apply_ray_env(settings.serving if settings else ServingSettings.model_validate({}))
     os.environ.update(local_cluster_env(settings))
     from ray._private import ray_constants
 
     ray_constants.ENABLE_RAY_CLUSTER = False
-    from ray._raylet import Config  # type: ignore[attr-defined]  # a compiled module without stubs for it
+    from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]  # compiled, no stubs
 
     Config.initialize("")  # reload RAY_AUTH_MODE, as Ray does when it enables token auth itself
+    # Ray keeps the first token it read for the life of the process: a process that starts (or
+    # joins) a cluster of another state folder, with another token, would present the old one
+    # and be refused (tests and benchmarks start several clusters in one process).
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 def init_ray(settings: Settings | None, **kwargs: Any) -> None:
