@@ -20,6 +20,7 @@ import math
 import sys
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import IO, Any, TypeVar
 
 T = TypeVar("T")
@@ -102,3 +103,42 @@ def run_main(main: Callable[[], int | None]) -> int:
     except Exception:  # the whole benchmark crashed before it could report: say so in the status
         traceback.print_exc()
         return CRASHED
+
+
+@dataclass
+class ClosedLoop:
+    """What :func:`closed_loop` measured: latencies of the 200 answers, other statuses counted."""
+
+    latencies: list[float] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+    elapsed: float = 0.0
+
+
+async def closed_loop(session: Any, urls: list[str], bodies: list[bytes], clients: int, duration: float) -> ClosedLoop:
+    """``clients`` concurrent clients, each posting its next body as soon as the last answer came.
+
+    Client ``k`` posts to ``urls[k % len(urls)]`` the bodies ``k, k + clients, ...`` (cycling)
+    for ``duration`` seconds over ``session`` (an ``aiohttp.ClientSession``; warm it up first).
+    """
+    import asyncio
+    import time
+
+    out = ClosedLoop()
+    deadline = time.perf_counter() + duration
+
+    async def client(k: int) -> None:
+        url, i = urls[k % len(urls)], k
+        while time.perf_counter() < deadline:
+            t = time.perf_counter()
+            async with session.post(url, data=bodies[i % len(bodies)]) as resp:
+                await resp.read()
+                if resp.status != 200:
+                    out.errors[str(resp.status)] = out.errors.get(str(resp.status), 0) + 1
+                    continue
+            out.latencies.append(time.perf_counter() - t)
+            i += clients
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client(k) for k in range(clients)))
+    out.elapsed = time.perf_counter() - start
+    return out

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import Steps, finish, run_main
+from _common import Steps, closed_loop, finish, run_main
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -112,36 +112,18 @@ def bench_raw(pipeline: Any, batch: int, context: int, horizon: int, duration: f
 async def _load(url: str, bodies: list[bytes], clients: int, duration: float, per_request: int) -> dict[str, Any]:
     import aiohttp
 
-    latencies: list[float] = []
-    errors: dict[str, int] = {}
     connector = aiohttp.TCPConnector(limit=clients)
     async with aiohttp.ClientSession(connector=connector, headers={"Content-Type": "application/json"}) as session:
         for body in bodies[:2]:
             async with session.post(url, data=body) as resp:
                 await resp.read()
-        deadline = time.perf_counter() + duration
-
-        async def client(k: int) -> None:
-            i = k
-            while time.perf_counter() < deadline:
-                t = time.perf_counter()
-                async with session.post(url, data=bodies[i % len(bodies)]) as resp:
-                    await resp.read()
-                    if resp.status != 200:
-                        errors[str(resp.status)] = errors.get(str(resp.status), 0) + 1
-                        continue
-                latencies.append(time.perf_counter() - t)
-                i += clients
-
-        start = time.perf_counter()
-        await asyncio.gather(*(client(k) for k in range(clients)))
-        elapsed = time.perf_counter() - start
+        run = await closed_loop(session, [url], bodies, clients, duration)
     return {
         "clients": clients,
-        "requests": len(latencies),
-        "errors": errors,
-        "series_per_s": round(len(latencies) * per_request / elapsed, 1),
-        "p50_ms": _pct_ms(latencies, 50),
+        "requests": len(run.latencies),
+        "errors": run.errors,
+        "series_per_s": round(len(run.latencies) * per_request / run.elapsed, 1),
+        "p50_ms": _pct_ms(run.latencies, 50),
     }
 
 

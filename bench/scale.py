@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import Steps, finish, run_main, target
+from _common import Steps, closed_loop, finish, run_main, target
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -60,35 +60,18 @@ async def _load(
     """``clients`` clients, client k sending to ``urls[k % len(urls)]``, for ``duration`` seconds."""
     import aiohttp
 
-    latencies: list[float] = []
-    errors: dict[str, int] = {}
+    endpoints = [f"{url}/v1/forecast" for url in urls]
     async with aiohttp.ClientSession(headers={"Content-Type": "application/json"}) as session:
         for k in range(clients):  # warm-up: connections open, each replica touched
-            async with session.post(f"{urls[k % len(urls)]}/v1/forecast", data=bodies[0]) as resp:
+            async with session.post(endpoints[k % len(endpoints)], data=bodies[0]) as resp:
                 await resp.read()
-        deadline = time.perf_counter() + duration
-
-        async def client(k: int) -> None:
-            url, i = f"{urls[k % len(urls)]}/v1/forecast", k
-            while time.perf_counter() < deadline:
-                t = time.perf_counter()
-                async with session.post(url, data=bodies[i % len(bodies)]) as resp:
-                    await resp.read()
-                    if resp.status != 200:
-                        errors[str(resp.status)] = errors.get(str(resp.status), 0) + 1
-                        continue
-                latencies.append(time.perf_counter() - t)
-                i += clients
-
-        start = time.perf_counter()
-        await asyncio.gather(*(client(k) for k in range(clients)))
-        elapsed = time.perf_counter() - start
+        run = await closed_loop(session, endpoints, bodies, clients, duration)
     return {
         "urls": len(urls),
-        "requests": len(latencies),
-        "errors": errors,
-        "series_per_s": round(len(latencies) * per_request / elapsed, 1),
-        "p50_ms": round(float(np.percentile(latencies, 50)) * 1000, 1) if latencies else None,
+        "requests": len(run.latencies),
+        "errors": run.errors,
+        "series_per_s": round(len(run.latencies) * per_request / run.elapsed, 1),
+        "p50_ms": round(float(np.percentile(run.latencies, 50)) * 1000, 1) if run.latencies else None,
     }
 
 

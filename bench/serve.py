@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import Steps, finish, run_main, target
+from _common import Steps, closed_loop, finish, run_main, target
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -99,39 +99,21 @@ def bench_raw(pipeline: Any, batch: int, context: int, horizon: int, duration: f
 async def _load(url: str, bodies: list[bytes], concurrency: int, duration: float, per_request: int) -> dict[str, Any]:
     import aiohttp
 
-    latencies: list[float] = []
-    errors: dict[str, int] = {}
     connector = aiohttp.TCPConnector(limit=concurrency, keepalive_timeout=60)
     async with aiohttp.ClientSession(connector=connector, headers={"Content-Type": "application/json"}) as session:
         # warm-up: open the connections and touch the model
         warm = await asyncio.gather(*(session.post(url, data=bodies[i % len(bodies)]) for i in range(concurrency)))
         for response in warm:
             response.release()
-        deadline = time.perf_counter() + duration
-
-        async def worker(k: int) -> None:
-            i = k
-            while time.perf_counter() < deadline:
-                t = time.perf_counter()
-                async with session.post(url, data=bodies[i % len(bodies)]) as resp:
-                    await resp.read()
-                    if resp.status != 200:
-                        errors[str(resp.status)] = errors.get(str(resp.status), 0) + 1
-                        continue
-                latencies.append(time.perf_counter() - t)
-                i += concurrency
-
-        start = time.perf_counter()
-        await asyncio.gather(*(worker(k) for k in range(concurrency)))
-        elapsed = time.perf_counter() - start
+        run = await closed_loop(session, [url], bodies, concurrency, duration)
     return {
         "concurrency": concurrency,
         "series_per_request": per_request,
-        "requests": len(latencies),
-        "errors": errors,
-        "series_per_s": round(len(latencies) * per_request / elapsed, 1),
-        "p50_ms": round(_pct(latencies, 50), 2),
-        "p99_ms": round(_pct(latencies, 99), 2),
+        "requests": len(run.latencies),
+        "errors": run.errors,
+        "series_per_s": round(len(run.latencies) * per_request / run.elapsed, 1),
+        "p50_ms": round(_pct(run.latencies, 50), 2),
+        "p99_ms": round(_pct(run.latencies, 99), 2),
     }
 
 

@@ -27,7 +27,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import re
+import signal
 import socket
+import subprocess
 import sys
 import time
 import uuid
@@ -346,6 +348,36 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port_block(size: int) -> int:
+    """A free port whose next ``size`` ports are free too (Serve's port and its direct-ingress range)."""
+    for _ in range(50):
+        base = free_port()
+        if base + size <= 65535 and all(_bindable(p) for p in range(base, base + size + 1)):
+            return base
+    pytest.fail(f"found no {size + 1} free consecutive ports on 127.0.0.1")
+
+
+def stop_process_group(proc: subprocess.Popen[bytes]) -> None:
+    """Ctrl-C a process started with ``start_new_session=True`` (e.g. ``tickcast serve``, which then
+    shuts Serve and Ray down), SIGKILL its group if it has not ended within 90 s."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
 import stat
 import subprocess
 import sys
@@ -32,7 +31,7 @@ import httpx
 import psutil
 import pytest
 import yaml
-from conftest import free_port
+from conftest import free_port, stop_process_group
 from listening import LOOPBACK, exposed, tree_listeners
 
 from serving.runtime import SINGLE_MACHINE_ENV, ray_token_path
@@ -68,16 +67,6 @@ def _wait_healthy(served: Served) -> None:
             pass
         time.sleep(1.0)
     pytest.fail(f"tickcast serve not healthy after {START_TIMEOUT_S:.0f} s:\n{served.log.read_text()[-4000:]}")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGINT)  # `tickcast serve` shuts Serve and Ray down on Ctrl-C
-        try:
-            proc.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +117,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         _wait_healthy(served)
         yield served
     finally:
-        _stop(proc)
+        stop_process_group(proc)
 
 
 def _gcs_port(served: Served) -> int:

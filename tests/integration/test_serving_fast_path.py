@@ -14,8 +14,6 @@ random-weight Chronos-Bolt) with nothing but the environment a user would set:
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +24,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from conftest import free_port_block, stop_process_group
 from forecast_reference import assert_forecasts_close, reference_quantiles
 from listening import exposed, tree_listeners
 
@@ -54,43 +53,12 @@ class Served:
         return f"http://127.0.0.1:{self.port}"
 
 
-def _port_block(size: int) -> int:
-    """A port whose next ``size`` ports are free too (the proxy's port and the direct-ingress range)."""
-    for _ in range(50):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            base = int(sock.getsockname()[1])
-        if base + size > 65535:
-            continue
-        free = True
-        for port in range(base, base + size + 1):
-            with socket.socket() as probe:
-                try:
-                    probe.bind(("127.0.0.1", port))
-                except OSError:
-                    free = False
-                    break
-        if free:
-            return base
-    pytest.fail(f"found no {size + 1} free consecutive ports on 127.0.0.1")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGINT)  # `tickcast serve` shuts Serve and Ray down on Ctrl-C
-        try:
-            proc.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-
-
 @pytest.fixture(scope="module", params=["default", "proxy-fallback"])
 def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     optimized = request.param == "default"
     root = tmp_path_factory.mktemp(f"serve-{request.param}")
     model = build_tiny_model("bolt-tiny", root / "bolt", context_length=256, **SMALL_BOLT)
-    port = _port_block(DIRECT_PORTS)
+    port = free_port_block(DIRECT_PORTS)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TICKCAST_", "RAY_"))}
     env.update(
         HOME=str(root),
@@ -128,7 +96,7 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
             time.sleep(1.0)
         yield served
     finally:
-        _stop(proc)
+        stop_process_group(proc)
 
 
 def _forecast(url: str, series: list[list[float]]) -> tuple[np.ndarray, np.ndarray]:

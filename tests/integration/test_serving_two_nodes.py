@@ -23,6 +23,7 @@ import httpx
 import numpy as np
 import psutil
 import pytest
+from conftest import free_port_block
 from forecast_reference import assert_forecasts_close, reference_quantiles
 from listening import exposed, tree_listeners
 
@@ -48,26 +49,6 @@ class Cluster:
     closes: dict[str, np.ndarray]
 
 
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def _port_block(size: int) -> int:
-    """A port whose next ``size`` ports are free too (Serve's port and its direct-ingress range)."""
-    for _ in range(50):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            base = int(sock.getsockname()[1])
-        if base + size <= 65535 and all(_free(p) for p in range(base, base + size + 1)):
-            return base
-    pytest.fail(f"found no {size + 1} free consecutive ports on 127.0.0.1")
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     import ray
@@ -81,7 +62,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     settings = load_settings(
         lake={"url": f"file://{root / 'lake'}"},
         infra={"state_dir": str(root / "state"), "cache_dir": str(root / "cache")},
-        serving={"model": str(model), "port": _port_block(DIRECT_PORTS), "num_cpus": 1, "torch_threads": 1},
+        serving={"model": str(model), "port": free_port_block(DIRECT_PORTS), "num_cpus": 1, "torch_threads": 1},
         forecaster={"context_length": CONTEXT, "horizon": 4},
     )
     rng = np.random.default_rng(3)
